@@ -1,0 +1,105 @@
+"""val.py: reproduces upstream YOLOv5's figures on the reference checkpoints; comparison table; bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+import val
+from conftest import assert_one_line_error, make_dataset, run_script, shared_path
+from models.yolo import DetectionModel
+from utils.checkpoint import save_checkpoint
+
+# upstream val.py (commit 5081342, batch 32, CPU fp32) per ../shared/fixtures/README.md: P, R, mAP50, mAP50-95
+UPSTREAM_SHAPES_320 = {"P": 0.901, "R": 0.570, "mAP50": 0.711, "mAP50-95": 0.466}
+UPSTREAM_COCO128_640 = {"P": 0.626, "R": 0.481, "mAP50": 0.545, "mAP50-95": 0.350}
+UPSTREAM_COCO128_320 = {"P": 0.501, "R": 0.420, "mAP50": 0.460, "mAP50-95": 0.291}
+
+
+def _val(tmp_path, *args):
+    return val.main([*args, "--project", str(tmp_path / "runs"), "--name", "exp", "--workers", "2"])
+
+
+def _assert_close(rec, expected, tol=0.005):
+    for k, v in expected.items():
+        assert rec[k] == pytest.approx(v, abs=tol), (k, rec[k], v)
+
+
+def test_reproduces_upstream_on_shapes(tmp_path, shapes_yaml):
+    w = shared_path("fixtures", "upstream-yolov5n-shapes.pt")
+    (rec,) = _val(tmp_path, "--weights", str(w), "--data", str(shapes_yaml), "--imgsz", "320", "--verbose",
+                  "--save-json")
+    _assert_close(rec, UPSTREAM_SHAPES_320)
+    assert rec["images"] == 100 and rec["instances"] == 449
+    assert rec["params"] == 1_772_035 and rec["GFLOPs"] == pytest.approx(4.24 / 4, abs=0.01)  # at 320, not 640
+    # pycocotools on the same detections, ground truth written from the YOLO labels
+    assert rec["coco_mAP50-95"] == pytest.approx(rec["mAP50-95"], abs=0.01)
+    assert rec["coco_mAP50"] == pytest.approx(rec["mAP50"], abs=0.01)
+    out = tmp_path / "runs" / "exp"
+    assert json.loads((out / "metrics.json").read_text())[0]["mAP50"] == rec["mAP50"]
+    for f in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "upstream-yolov5n-shapes_predictions.json"):
+        assert (out / f).stat().st_size > 1000, f
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("imgsz,expected", [(640, UPSTREAM_COCO128_640), (320, UPSTREAM_COCO128_320)])
+def test_reproduces_upstream_on_coco128(tmp_path, coco128_yaml, imgsz, expected):
+    w = shared_path("fixtures", "yolov5n-coco.pt")
+    (rec,) = _val(tmp_path, "--weights", str(w), "--data", str(coco128_yaml), "--imgsz", str(imgsz), "--no-plots")
+    _assert_close(rec, expected)
+    assert rec["images"] == 128 and rec["instances"] == 929  # two images without labels count as backgrounds
+
+
+def test_several_weights_give_one_comparison(tmp_path, log_lines):
+    data = make_dataset(tmp_path / "ds", n=4, nc=2)
+    paths = []
+    for cfg, name in (("yolov5n.yaml", "a.pt"), ("yolov5s.yaml", "b.pt")):
+        m = DetectionModel(cfg, nc=2)
+        m.names = {0: "c0", 1: "c1"}
+        paths.append(str(tmp_path / name))
+        save_checkpoint({"model": copy.deepcopy(m).half(), "ema": None, "epoch": -1}, paths[-1])
+    recs = _val(tmp_path, "--weights", *paths, "--data", str(data), "--imgsz", "128", "--batch-size", "2")
+    assert [r["weights"] for r in recs] == paths
+    assert recs[0]["params"] < recs[1]["params"] and recs[0]["GFLOPs"] < recs[1]["GFLOPs"]
+    keys = {"weights", "P", "R", "mAP50", "mAP50-95", "params", "GFLOPs", "ms_per_img", "file_MB"}
+    assert all(keys <= set(r) for r in recs)
+    saved = json.loads((tmp_path / "runs" / "exp" / "metrics.json").read_text())
+    assert [r["params"] for r in saved] == [r["params"] for r in recs]
+    table = log_lines[log_lines.index(next(x for x in log_lines if x.lstrip().startswith("Model"))):]
+    assert [x.split()[0] for x in table[1:3]] == ["a.pt", "b.pt"]
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    data = make_dataset(tmp_path / "ds", n=2, nc=2)
+    w = tmp_path / "w.pt"
+    save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=2)}, w)
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(w.read_bytes()[:5000])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("path: [unclosed\n")
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    no_images = tmp_path / "noimg.yaml"
+    no_images.write_text(f"path: {empty}\nval: images\nnames: [a, b]\n")
+    cases = [
+        (["--weights", str(tmp_path / "missing.pt"), "--data", str(data)], "weights not found"),
+        (["--weights", str(trunc), "--data", str(data)], "truncated or corrupt"),
+        (["--weights", str(w), "--data", str(tmp_path / "nope.yaml")], "yaml file not found"),
+        (["--weights", str(w), "--data", str(bad_yaml)], "invalid yaml"),
+        (["--weights", str(w), "--data", str(no_images)], "no images found"),
+        (["--weights", str(w), "--data", str(data), "--device", "7"], "CUDA"),
+    ]
+    for args, needle in cases:
+        r = run_script("val.py", *args, "--project", str(tmp_path / "runs"), "--imgsz", "64")
+        assert_one_line_error(r, needle)
+    assert not list((tmp_path / "runs").rglob("metrics.json"))  # nothing half-written
+
+
+def test_class_count_mismatch(tmp_path):
+    data = make_dataset(tmp_path / "ds", n=2, nc=2)
+    w = tmp_path / "w.pt"
+    save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=3)}, w)
+    r = run_script("val.py", "--weights", str(w), "--data", str(data), "--project", str(tmp_path / "runs"))
+    assert_one_line_error(r, "predicts 3 classes", "nc=2")

@@ -1,0 +1,68 @@
+"""Files and paths: yaml reading, run directories, atomic writes."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from utils.errors import UserError
+
+
+def yaml_load(path: str | Path) -> dict:
+    """Load a yaml mapping; a missing file or invalid yaml is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"yaml file not found: {path}")
+    try:
+        with open(path, errors="ignore") as f:
+            d = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}: invalid yaml{where}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a yaml mapping, got {type(d).__name__}")
+    return d
+
+
+def yaml_save(path: str | Path, data: dict) -> None:
+    atomic_write(path, lambda f: yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True), mode="w")
+
+
+def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False) -> Path:
+    """runs/val/exp -> runs/val/exp2, exp3, ... unless exist_ok (upstream's run directory naming)."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        stem = re.escape(path.name)
+        used = [re.fullmatch(rf"{stem}(\d*)", Path(p).name) for p in glob.glob(f"{glob.escape(str(path))}*")]
+        n = max([int(m.group(1) or 1) for m in used if m] + [1]) + 1
+        path = path.with_name(f"{path.name}{n}")
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through a temp file in the same folder, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_size_mb(path: str | Path) -> float:
+    return Path(path).stat().st_size / 1e6
