@@ -25,7 +25,7 @@ from utils.files import atomic_write, increment_path
 from utils.labels import label_lines
 from utils.log import LOGGER, colorstr
 from utils.nms import non_max_suppression
-from utils.torch_utils import select_device, time_sync
+from utils.torch_utils import model_info, select_device, time_sync
 
 ROOT = Path(__file__).resolve().parent
 
@@ -36,6 +36,7 @@ def run(opt: argparse.Namespace) -> dict:
         raise UserError("--conf-thres and --iou-thres must be between 0 and 1")
     device = select_device(opt.device)
     model = load_model(opt.weights, device, fuse=True)
+    model_info(model, opt.imgsz)
     half = opt.half and device.type != "cpu"
     model.half() if half else model.float()
     names = model.names

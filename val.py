@@ -28,7 +28,7 @@ from utils.labels import label_lines
 from utils.log import LOGGER, colorstr
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
-from utils.torch_utils import count_params, model_flops, select_device, time_sync
+from utils.torch_utils import model_info, select_device, time_sync
 
 ROOT = Path(__file__).resolve().parent
 HEADER = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -175,7 +175,8 @@ def _annotations_file(data: dict) -> Path | None:
 def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path, device: torch.device) -> dict:
     """Evaluate one checkpoint; print its table; return its metrics.json record."""
     model = load_model(w, device)
-    params, gflops = count_params(model), model_flops(model, opt.imgsz)  # of the unfused model, as trained
+    info = model_info(model, opt.imgsz)  # the summary line; params and GFLOPs of the unfused model, as trained
+    params, gflops = info["params"], info["GFLOPs"]
     model.fuse()
     half = opt.half and device.type != "cpu"  # fp16 only on CUDA
     model.half() if half else model.float()
