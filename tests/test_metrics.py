@@ -248,8 +248,8 @@ CASES = {
 def test_map_agrees_with_pycocotools(name):
     images, ncls = CASES[name](np.random.default_rng(0))
     ours, coco = _our_map(images), _coco_map(images, ncls)
-    assert ours[0] == pytest.approx(coco[0], abs=0.01), f"mAP50-95 ours {ours[0]:.4f} COCO {coco[0]:.4f}"
-    assert ours[1] == pytest.approx(coco[1], abs=0.01), f"mAP50 ours {ours[1]:.4f} COCO {coco[1]:.4f}"
+    assert ours[0] == pytest.approx(coco[0], abs=1e-3), f"mAP50-95 ours {ours[0]:.4f} COCO {coco[0]:.4f}"
+    assert ours[1] == pytest.approx(coco[1], abs=1e-3), f"mAP50 ours {ours[1]:.4f} COCO {coco[1]:.4f}"
     assert 0.3 < coco[0] <= coco[1] <= 1  # the case is not degenerate
 
 
