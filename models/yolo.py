@@ -166,9 +166,9 @@ class DetectionModel(nn.Module):
             self.yaml = deepcopy(cfg)
             source = "model yaml"
         else:
-            self.yaml_file = find_model_yaml(cfg).name
-            source = str(cfg)
-            self.yaml = yaml_load(find_model_yaml(cfg))
+            path = find_model_yaml(cfg)
+            self.yaml_file, source = path.name, str(cfg)
+            self.yaml = yaml_load(path)
         missing = [k for k in ("nc", "anchors", "backbone", "head") if k not in self.yaml]
         if missing:
             raise UserError(f"{source}: missing key(s) {', '.join(missing)}")
