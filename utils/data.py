@@ -1,5 +1,6 @@
 """Dataset yamls: `path` (root), `train`/`val`/`test` (folders, list files or globs, relative to `path`),
-`names` (list or {index: name}) and/or `nc`. A relative `path` is taken from the repo root, as upstream does."""
+`names` (list or {index: name}) and/or `nc`. A relative `path` is taken from the repo root, as upstream does.
+A `generate` section (data/synthetic.yaml) says the dataset is drawn by utils/synthetic.py on first use."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from utils.errors import UserError
 from utils.files import yaml_load
+from utils.synthetic import ensure_generated
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +39,7 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
     """Load and check a data yaml; return it with absolute split paths, `names` as a dict and `nc`.
 
     `splits` must exist on disk (e.g. ("train", "val") for training); a missing one is a UserError that says where
-    it was looked for (this repo never downloads during a run).
+    it was looked for (this repo never downloads during a run; a yaml with `generate` is drawn locally first).
     """
     source = str(data) if not isinstance(data, dict) else "data dict"
     d = dict(data) if isinstance(data, dict) else yaml_load(data)
@@ -47,6 +49,8 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
     if not root.is_absolute():
         root = (ROOT / root).resolve()
     d["path"] = str(root)
+    if "generate" in d:  # built-in dataset: draw it now unless a finished copy with the same settings exists
+        ensure_generated(root, d["generate"], d["names"], source)
     for k in ("train", "val", "test"):
         v = d.get(k)
         if v:

@@ -1,0 +1,246 @@
+"""train.py end to end on tiny datasets: outputs, learning, hooks, resume, interruption, bad input."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from conftest import ROOT, assert_one_line_error, make_dataset, run_script
+from utils.checkpoint import load_checkpoint, load_model
+from utils.engine import Hook
+from utils.files import yaml_load
+
+NO_AUG = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0, "mosaic": 0.0}
+
+
+def hyp_file(tmp_path: Path, **changes) -> Path:
+    h = yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml")
+    h.update(changes)
+    f = tmp_path / "hyp.yaml"
+    f.write_text(yaml.safe_dump(h))
+    return f
+
+
+def tiny_args(tmp_path: Path, data: Path, *extra: str, epochs: int = 2, imgsz: int = 64) -> list[str]:
+    return ["--cfg", "yolov5n.yaml", "--data", str(data), "--epochs", str(epochs), "--imgsz", str(imgsz),
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"),
+            "--name", "exp", *extra]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+class CountingHook(Hook):
+    """Counts what the loop calls and pulls the first BN's gamma towards 0 through an extra loss term."""
+
+    def __init__(self, strength: float = 0.0):
+        self.calls = {"start": 0, "steps": 0, "end": 0, "loss": 0}
+        self.grads_ready, self.strength = True, strength
+
+    def on_train_start(self, state):
+        self.calls["start"] += 1
+
+    def loss(self, state, imgs, preds, targets):
+        self.calls["loss"] += 1
+        return self.strength * state.bare.model[0].bn.weight.abs().sum() * imgs.shape[0]
+
+    def after_backward(self, state):
+        self.calls["steps"] += 1
+        self.grads_ready &= state.bare.model[0].bn.weight.grad is not None
+
+    def epoch_columns(self, state):
+        return {"hook/steps": float(self.calls["steps"])}
+
+    def on_train_end(self, state):
+        self.calls["end"] += 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One 2-epoch run on 8 images, shared by the tests that inspect its outputs."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    data = make_dataset(tmp / "data", n=8, size=(64, 80))
+    hook = CountingHook()
+    rec = train.run(train.parse_opt(tiny_args(tmp, data, "--hyp", str(hyp_file(tmp, nbs=4)))), [hook])
+    return tmp / "runs" / "exp", rec, hook, data
+
+
+def test_run_writes_checkpoints_results_and_plots(tiny):
+    save_dir, rec, _, _ = tiny
+    for f in ("weights/last.pt", "weights/best.pt", "results.csv", "results.png", "results.json", "labels.jpg",
+              "opt.yaml", "hyp.yaml"):
+        assert (save_dir / f).is_file(), f
+    rows = read_csv(save_dir / "results.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert set(train.RESULT_KEYS) <= set(rows[0])
+    assert all(float(r["train/box_loss"]) > 0 for r in rows)
+    ckpt = load_checkpoint(save_dir / "weights/best.pt")
+    assert ckpt["epoch"] == -1 and ckpt["optimizer"] is None  # finished runs are stripped, as upstream
+    model = load_model(save_dir / "weights/last.pt")
+    assert model.names == {0: "c0", 1: "c1"} and model.nc == 2
+    assert next(iter(ckpt["model"].parameters())).dtype == torch.float16
+    assert rec["epochs"] == 2 and 0 <= rec["mAP50"] <= 1
+
+
+def test_hooks_are_called_by_the_loop(tiny):
+    save_dir, _, hook, _ = tiny
+    # 8 images, batch 4, nominal batch 4: one optimizer step per batch, 2 batches per epoch
+    assert hook.calls == {"start": 1, "steps": 4, "end": 1, "loss": 4}
+    assert hook.grads_ready
+    assert [float(r["hook/steps"]) for r in read_csv(save_dir / "results.csv")] == [2.0, 4.0]
+
+
+def test_extra_loss_term_reaches_the_weights(tmp_path, tiny):
+    """A strong L1 term on the first BN's gamma (through Hook.loss) shrinks it; the plain run does not."""
+    _, _, _, data = tiny
+    hyp = hyp_file(tmp_path, nbs=4, warmup_epochs=0, lr0=0.05)
+    base = train.run(train.parse_opt(tiny_args(tmp_path, data, "--hyp", str(hyp), "--name", "a", "--noplots")))
+    pulled = train.run(train.parse_opt(tiny_args(tmp_path, data, "--hyp", str(hyp), "--name", "b", "--noplots")),
+                       [CountingHook(strength=1.0)])
+    g0 = load_model(base["last"]).model[0].bn.weight.abs().mean()
+    g1 = load_model(pulled["last"]).model[0].bn.weight.abs().mean()
+    assert g1 < 0.8 * g0
+
+
+@pytest.mark.slow
+def test_overfits_eight_images(tmp_path):
+    data = make_dataset(tmp_path / "data", n=8, size=(128, 128), seed=3)
+    hyp = hyp_file(tmp_path, nbs=8, warmup_epochs=0, **NO_AUG)
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp), "--noval", "--noplots", epochs=200, imgsz=128)
+    args[args.index("--batch-size") + 1] = "8"
+    rec = train.run(train.parse_opt(args))
+    assert rec["mAP50"] >= 0.9, rec
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    t = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t < timeout
+        time.sleep(0.1)
+
+
+def test_sigkill_then_resume_finishes_the_planned_epochs(tmp_path):
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=4)), "--noplots", epochs=3)
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = tmp_path / "runs/exp/weights/last.pt"
+    _wait_for(last, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ckpt = load_checkpoint(last)  # never truncated: written to a temp file and renamed
+    assert ckpt["epoch"] in (0, 1) and ckpt["optimizer"] is not None
+
+    seen = {}
+
+    class Probe(Hook):
+        def on_train_start(self, state):
+            seen["epoch"], seen["updates"] = state.epoch, state.ema.updates
+            seen["opt"] = copy.deepcopy(state.optimizer.state_dict())  # live tensors: training goes on
+            seen["ema"] = {k: v.clone() for k, v in state.ema.ema.state_dict().items()}
+
+    rec = train.run(train.parse_opt(["--resume", str(last), "--workers", "0"]), [Probe()])
+    assert seen["epoch"] == ckpt["epoch"] + 1 and seen["updates"] == ckpt["updates"]
+    saved = ckpt["optimizer"]["state"]
+    assert len(seen["opt"]["state"]) == len(saved) > 0
+    for k, v in saved.items():
+        assert torch.equal(seen["opt"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
+    assert [g["lr"] for g in seen["opt"]["param_groups"]] == [g["lr"] for g in ckpt["optimizer"]["param_groups"]]
+    ema_saved = ckpt["ema"].float().state_dict()
+    assert all(torch.equal(seen["ema"][k], ema_saved[k]) for k in ema_saved)
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "runs/exp/results.csv")] == [0, 1, 2]
+    assert rec["epochs"] == 3 - (ckpt["epoch"] + 1)
+    r = run_script("train.py", "--resume", str(last))
+    assert_one_line_error(r, "nothing to resume")
+
+
+def test_same_seed_same_results(tmp_path, tiny):
+    _, _, _, data = tiny
+    hyp = str(hyp_file(tmp_path, nbs=4))
+    recs = [train.run(train.parse_opt(tiny_args(tmp_path, data, "--hyp", hyp, "--name", n, "--noplots", epochs=1)))
+            for n in ("a", "b")]
+    rows = [read_csv(tmp_path / "runs" / n / "results.csv") for n in ("a", "b")]
+    assert rows[0] == rows[1]
+    wa, wb = (load_model(r["last"]).state_dict() for r in recs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_transfer_from_weights_keeps_anchors_and_reports(tmp_path, tiny, log_lines):
+    save_dir, _, _, data = tiny
+    best = save_dir / "weights/best.pt"
+    ckpt_anchors = load_model(best).model[-1].anchors.clone()
+    args = tiny_args(tmp_path, data, "--noplots", epochs=1)
+    args[args.index("--cfg"):args.index("--cfg") + 2] = ["--weights", str(best)]
+    rec = train.run(train.parse_opt(args))
+    n = len(load_model(best).state_dict())
+    assert f"Transferred {n}/{n} items from {best}" in log_lines
+    assert torch.equal(load_model(rec["last"]).model[-1].anchors, ckpt_anchors)
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    r = run_script("train.py", "--weights", "yolov5s.pt", "--epochs", "1")
+    assert_one_line_error(r, "yolov5s.pt", "not found", "no download")
+    r = run_script("train.py", "--cfg", "nosuch.yaml", "--epochs", "1")
+    assert_one_line_error(r, "nosuch.yaml")
+    r = run_script("train.py", "--epochs", "0")
+    assert_one_line_error(r, "--epochs")
+    data = make_dataset(tmp_path / "d", n=2)
+    r = run_script("train.py", "--data", str(data), "--device", "cuda:0", "--epochs", "1",
+                   "--project", str(tmp_path / "runs"))
+    if not torch.cuda.is_available():
+        assert_one_line_error(r, "CUDA")
+    assert not list(tmp_path.glob("runs/*/weights/*.pt"))
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """torchrun with 2 gloo processes: one epoch trains, only rank 0 evaluates and writes."""
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=8)), "--noplots", epochs=1)
+    r = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", "train.py",
+                   *args, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    save_dir = tmp_path / "runs/exp"
+    assert [int(x["epoch"]) for x in read_csv(save_dir / "results.csv")] == [0]
+    assert "DDP: 2 processes, gloo backend" in r.stdout
+    assert r.stdout.count("Results saved to") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp"]  # no exp2 from a second rank
+    assert load_checkpoint(save_dir / "weights/last.pt")["epoch"] == -1
+
+
+def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path, tiny):
+    """The process dies while torch.save is halfway through the new last.pt: the old one is still whole."""
+    save_dir = tiny[0]
+    last = tmp_path / "last.pt"
+    last.write_bytes((save_dir / "weights/last.pt").read_bytes())
+    code = f"""
+import os, signal, sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+from utils.checkpoint import load_checkpoint, save_checkpoint
+
+def dying_save(obj, f):
+    f.write(b"half a checkpoint" * 10000)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+ckpt = load_checkpoint({str(last)!r})
+torch.save = dying_save
+save_checkpoint({{**ckpt, "epoch": 99}}, {str(last)!r})
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == -1  # the finished run's file, not the half-written epoch 99
