@@ -279,7 +279,8 @@ def _fit(opt, hooks, model, ckpt, device, save_dir, names, train_loader, val_loa
     warmup = Warmup(nw, opt.hyp, accumulate, lf)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     compute_loss = ComputeLoss(model)
-    state = TrainState(model, optimizer, ema, opt.hyp, opt.epochs, nb, save_dir, device, start_epoch, opt=opt)
+    state = TrainState(model, optimizer, ema, opt.hyp, opt.epochs, nb, save_dir, device, start_epoch, opt=opt,
+                       warmup=warmup)
     for h in hooks:
         h.on_train_start(state)
     stopper, stop = EarlyStopping(opt.patience), False

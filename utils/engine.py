@@ -41,6 +41,7 @@ class TrainState:
     epoch: int = 0
     ni: int = 0  # batches seen since the start of training (resumes continue the count)
     opt: Any = None  # the parsed command line
+    warmup: Warmup | None = None  # the schedule of learning rates and accumulation, for hooks that plan ahead
     extra: dict = field(default_factory=dict)  # scratch space shared by hooks
 
     @property

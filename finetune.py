@@ -1,0 +1,36 @@
+"""Fine-tune a trained or pruned model: train.py on the checkpoint's own architecture with a gentler recipe.
+
+    python finetune.py --weights runs/prune/exp/pruned.pt --data data/synthetic.yaml --epochs 20
+    python finetune.py --weights pruned.pt --hyp data/hyps/hyp.scratch-low.yaml   # any train.py flag works
+
+The model is rebuilt from the yaml stored in the checkpoint (a pruned model's own widths), so there is no --cfg;
+its anchors are kept (pass --autoanchor to recompute them). Outputs go to runs/finetune/exp.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import train
+from utils.errors import UserError, cli
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = train.build_parser(__doc__)
+    p.set_defaults(project=str(train.ROOT / "runs/finetune"), hyp=str(train.ROOT / "data/hyps/hyp.finetune.yaml"))
+    opt = train.finalize_opt(p.parse_args(argv))
+    if not opt.resume and not opt.weights:
+        raise UserError("finetune.py needs --weights (the trained or pruned checkpoint to fine-tune)")
+    if opt.cfg:
+        raise UserError("finetune.py builds the model from the checkpoint's own yaml: drop --cfg "
+                        "(train.py --cfg ... --weights ... transfers weights into another architecture)")
+    return opt
+
+
+@cli
+def main(argv: list[str] | None = None) -> dict:
+    return train.run(parse_opt(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""train_sparse.py: the L1 hook on BN gamma, its budget arithmetic, and a short sparse run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import train_sparse
+from conftest import make_dataset
+from models.yolo import DetectionModel
+from test_train import hyp_file, read_csv, tiny_args
+from utils.optim import Warmup, lr_lambda
+from utils.pruning.graph import prunable_bns
+from utils.pruning.sparsity import BNSparsity, lr_sum, sr_factor
+
+HYP = {"lr0": 0.01, "momentum": 0.9, "warmup_bias_lr": 0.1, "warmup_momentum": 0.8}
+
+
+def fake_state(nb: int, epochs: int, accumulate: int, warmup_n: int = -1, lf=lambda e: 1.0, epoch: int = 0):
+    return SimpleNamespace(hyp=HYP, nb=nb, epochs=epochs, epoch=epoch, warmup=Warmup(warmup_n, HYP, accumulate, lf))
+
+
+def test_sr_schedules():
+    assert [sr_factor("constant", e, 5) for e in range(5)] == [1.0] * 5
+    assert [sr_factor("linear", e, 5) for e in range(5)] == pytest.approx([1.0, 0.775, 0.55, 0.325, 0.1])
+
+
+def test_lr_sum_counts_optimizer_steps_and_schedules():
+    # 2 epochs of 4 batches, one step every 2 batches: 4 steps at lr0
+    assert lr_sum(fake_state(4, 2, 2), "constant") == pytest.approx(4 * 0.01)
+    assert lr_sum(fake_state(4, 2, 2), "linear") == pytest.approx(2 * 0.01 * (1 + 0.1))
+    lf = lr_lambda(0.01, 2)  # linear lr: 1.0 in epoch 0, 0.505 in epoch 1
+    assert lr_sum(fake_state(4, 2, 1, lf=lf), "constant") == pytest.approx(4 * 0.01 * (1 + 0.505))
+    assert lr_sum(fake_state(4, 2, 1, epoch=1), "constant") == pytest.approx(4 * 0.01)  # a resume counts the rest
+    # warmup over 4 iterations, accumulate 1: lr is 0, 1/4, 2/4, 3/4 of lr0 in epoch 0, then lr0 for 4 batches
+    assert lr_sum(fake_state(4, 2, 1, warmup_n=4), "constant") == pytest.approx(0.01 * (1.5 + 4))
+
+
+def test_after_backward_adds_sr_times_sign_to_prunable_gammas_only():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    hook = BNSparsity(sr=0.01)
+    hook.bns = prunable_bns(model)
+    assert hook.bns
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    with torch.no_grad():
+        first = next(iter(hook.bns.values()))
+        first.weight[0] = -0.5
+    hook.after_backward(SimpleNamespace(epoch=0, epochs=1))
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            want = 0.01 * torch.sign(m.weight) if name in hook.bns else torch.zeros_like(m.weight)
+            assert torch.equal(m.weight.grad, want), name
+            assert torch.equal(m.bias.grad, torch.zeros_like(m.bias))
+    assert first.weight.grad[0] == -0.01
+
+
+def test_sparse_run_shrinks_gammas_and_reports(tmp_path, log_lines):
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    hyp = hyp_file(tmp_path, nbs=4, warmup_epochs=0)
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp), "--shrink", "0.5")
+    rec = train_sparse.run(train_sparse.parse_opt(args))
+    save_dir = Path(rec["weights"]).parents[1]
+    rows = read_csv(save_dir / "results.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    means = [float(r["sparse/mean|gamma|"]) for r in rows]
+    assert means[1] < means[0] < 1.0  # BN weights start at 1 and the penalty pulls them down
+    rec_s = json.loads((save_dir / "sparsity.json").read_text())
+    assert rec_s["budget"] == pytest.approx(0.5) and rec_s["sr"] > 0
+    assert 0 < rec_s["safe_prune_percent"] < 1
+    assert (save_dir / "bn_gamma.png").stat().st_size > 10_000
+    assert any("largest safe prune percent" in x for x in log_lines)
+
+
+def test_tiny_sr_warns_that_it_cannot_sparsify(tmp_path, log_lines):
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    args = tiny_args(tmp_path, data, "--sr", "1e-5", "--noplots", epochs=1)
+    train_sparse.run(train_sparse.parse_opt(args))
+    warn = [x for x in log_lines if "cannot sparsify" in x]
+    assert len(warn) == 1 and "--shrink" in warn[0]
+    assert "the median |gamma| is 1." in warn[0]  # a fresh model's BN weights are all 1

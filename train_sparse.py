@@ -1,0 +1,49 @@
+"""Sparse training for network slimming: train.py plus an L1 penalty on the BatchNorm weights of prunable channels.
+
+    python train_sparse.py --sr 0.001                                     # defaults as train.py's
+    python train_sparse.py --weights runs/train/exp/weights/best.pt --data data/synthetic.yaml --epochs 30 --sr 0.005
+    python train_sparse.py --weights best.pt --shrink 0.9                 # sr chosen so gamma can move by 0.9
+    python prune.py --weights last.pt --percent 0.6                       # next step
+
+Adds to runs/train-sparse/exp: results.csv columns sparse/*, bn_gamma.png (the gamma distribution per epoch) and
+sparsity.json (sr, budget, gamma statistics, the largest safe prune percent). Starting from --weights, the
+checkpoint's anchors are kept (pass --autoanchor to recompute them).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import train
+from utils.errors import UserError, cli
+from utils.pruning.sparsity import BNSparsity
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = train.build_parser(__doc__)
+    p.add_argument("--sr", type=float, default=0.001, help="L1 penalty on BN weights (scale sparsity rate)")
+    p.add_argument("--sr-schedule", choices=("constant", "linear"), default="constant",
+                   help="linear: sr decays to 10%% of --sr at the last epoch")
+    p.add_argument("--shrink", type=float, default=None,
+                   help="set sr so that the penalty alone can shrink a gamma by this much over the run")
+    p.add_argument("--skip-shortcut", action="store_true", help="leave BNs tied to residual adds unpenalised")
+    p.set_defaults(project=str(train.ROOT / "runs/train-sparse"))
+    opt = train.finalize_opt(p.parse_args(argv))
+    if opt.sr < 0 or (opt.shrink is not None and opt.shrink <= 0):
+        raise UserError("--sr must be >= 0 and --shrink > 0")
+    return opt
+
+
+def run(opt: argparse.Namespace) -> dict:
+    settings = train.resume_opt(opt)[0] if opt.resume else opt  # a resumed run keeps its own penalty
+    hook = BNSparsity(settings.sr, settings.sr_schedule, settings.skip_shortcut, settings.shrink)
+    return train.run(opt, [hook])
+
+
+@cli
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_opt(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Sparse training for network slimming: an L1 penalty on the BatchNorm weights (gamma) of prunable channels.
+
+The penalty is added to the gradients after backward (and after AMP unscaling): grad(gamma) += sr * sign(gamma).
+With SGD and momentum m, a constant gradient g moves a weight by about lr * g / (1 - m) per optimizer step, so the
+penalty alone can shrink a gamma by at most sum(lr * sr) / (1 - m) over the run: the "budget" printed at the start.
+If that is small beside the gammas themselves (a trained yolov5n's median |gamma| is about 0.9), nothing sparsifies.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from utils.engine import Hook, TrainState
+from utils.files import atomic_write
+from utils.log import LOGGER, colorstr
+from utils.pruning.graph import build_groups, prunable_bns, safe_prune_percent
+
+PREFIX = colorstr("sparsity: ")
+HIST_BINS = 60
+
+
+def sr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Multiplier of sr at an epoch: 1 throughout ('constant'), or from 1 down to 0.1 at the last epoch ('linear')."""
+    if schedule == "constant":
+        return 1.0
+    return 1.0 - 0.9 * epoch / max(epochs - 1, 1)
+
+
+def lr_sum(state: TrainState, schedule: str, group: int = 2) -> float:
+    """sum over the remaining optimizer steps of lr(step) * sr_factor(epoch), replaying warmup and accumulation as
+    the loop will. Group 2 holds the BN weights."""
+    w, lr0 = state.warmup, state.hyp["lr0"]
+    fake = SimpleNamespace(param_groups=[{"initial_lr": lr0} for _ in range(3)])
+    total = 0.0
+    for epoch in range(state.epoch, state.epochs):
+        last = state.nb * epoch - 1  # the loop starts a fresh accumulation every epoch
+        f = sr_factor(schedule, epoch, state.epochs)
+        for i in range(state.nb):
+            ni = state.nb * epoch + i
+            acc = w.step(fake, ni, epoch)
+            lr = fake.param_groups[group]["lr"] if ni <= w.n else lr0 * w.lf(epoch)
+            if ni - last >= acc:
+                total += lr * f
+                last = ni
+    return total
+
+
+def gamma_stats(bns: dict[str, nn.BatchNorm2d]) -> np.ndarray:
+    return torch.cat([b.weight.detach().abs().flatten().float().cpu() for b in bns.values()]).numpy()
+
+
+class BNSparsity(Hook):
+    """The L1-on-gamma hook of train_sparse.py.
+
+    sr: penalty strength; shrink: instead of sr, how far (in |gamma|) the penalty alone should be able to move a
+    gamma over the run, from which sr is derived; schedule: 'constant' or 'linear' (down to 10% at the last epoch);
+    skip_shortcut: leave the BNs tied to residual adds unpenalised (and unpruned later).
+    """
+
+    def __init__(self, sr: float = 0.001, schedule: str = "constant", skip_shortcut: bool = False,
+                 shrink: float | None = None):
+        self.sr, self.schedule, self.skip_shortcut, self.shrink = sr, schedule, skip_shortcut, shrink
+        self.bns: dict[str, nn.BatchNorm2d] = {}
+        self.history: list[np.ndarray] = []  # |gamma| histogram counts per epoch
+        self.edges = np.zeros(0)
+        self.record: dict = {}
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.bns = prunable_bns(state.bare, self.skip_shortcut)
+        g = gamma_stats(self.bns)
+        momentum = state.hyp["momentum"]
+        per_sr = lr_sum(state, self.schedule) / (1 - momentum)
+        if self.shrink is not None:
+            self.sr = self.shrink / max(per_sr, 1e-12)
+        budget, median = self.sr * per_sr, float(np.median(g))
+        self.edges = np.linspace(0, max(float(g.max()), 1e-6), HIST_BINS + 1)
+        self.history = [np.histogram(g, self.edges)[0]]
+        LOGGER.info(f"{PREFIX}L1 on {len(self.bns)} BN layers ({g.size} channels), sr {self.sr:.3g} "
+                    f"({self.schedule}); the penalty alone can shrink a gamma by about {budget:.3g} over the run "
+                    f"(sum lr x sr / (1 - momentum)); median |gamma| now {median:.3g}")
+        if state.opt is not None and getattr(state.opt, "optimizer", "SGD") != "SGD":
+            LOGGER.info(f"{PREFIX}with {state.opt.optimizer} that budget is only indicative: Adam rescales gradients")
+        if budget < 0.25 * median:
+            LOGGER.warning(f"{PREFIX}WARNING: this cannot sparsify: the penalty can move gamma by {budget:.3g} but "
+                           f"the median |gamma| is {median:.3g}. Raise --sr or --epochs, or give --shrink "
+                           f"{median:.2g} to derive sr from the shrink you want")
+        self.record = {"sr": self.sr, "schedule": self.schedule, "budget": budget, "median_gamma_start": median,
+                       "bn_layers": len(self.bns), "channels": int(g.size), "skip_shortcut": self.skip_shortcut}
+
+    @torch.no_grad()
+    def after_backward(self, state: TrainState) -> None:
+        s = self.sr * sr_factor(self.schedule, state.epoch, state.epochs)
+        for bn in self.bns.values():
+            if bn.weight.grad is not None:
+                bn.weight.grad.add_(torch.sign(bn.weight), alpha=s)
+
+    def epoch_columns(self, state: TrainState) -> dict[str, float]:
+        g = gamma_stats(self._ema_bns(state))
+        self.history.append(np.histogram(np.clip(g, 0, self.edges[-1]), self.edges)[0])
+        return {"sparse/sr": self.sr * sr_factor(self.schedule, state.epoch, state.epochs),
+                "sparse/gamma<1e-2": float((g < 1e-2).mean()), "sparse/gamma<1e-3": float((g < 1e-3).mean()),
+                "sparse/mean|gamma|": float(g.mean())}
+
+    def on_train_end(self, state: TrainState) -> None:
+        model = state.ema.ema if state.ema is not None else state.bare
+        g = gamma_stats(self._ema_bns(state))
+        safe = safe_prune_percent(model, build_groups(model, self.skip_shortcut))
+        plot_gamma_history(np.array(self.history), self.edges, state.save_dir / "bn_gamma.png")
+        self.record.update(median_gamma_end=float(np.median(g)), share_below_1e2=float((g < 1e-2).mean()),
+                           share_below_1e3=float((g < 1e-3).mean()), safe_prune_percent=safe)
+        atomic_write(state.save_dir / "sparsity.json", lambda f: json.dump(self.record, f, indent=2), mode="w")
+        LOGGER.info(f"{PREFIX}median |gamma| {self.record['median_gamma_start']:.3g} -> {np.median(g):.3g}, "
+                    f"{(g < 1e-2).mean():.1%} below 1e-2; largest safe prune percent {safe:.3f} "
+                    f"(python prune.py --percent <= {safe:.2f}); bn_gamma.png and sparsity.json written")
+
+    def _ema_bns(self, state: TrainState) -> dict[str, nn.BatchNorm2d]:
+        """The same BNs in the EMA model, which is what gets saved and pruned."""
+        if state.ema is None:
+            return self.bns
+        modules = dict(state.ema.ema.named_modules())
+        return {k: modules[k] for k in self.bns}
+
+
+def plot_gamma_history(counts: np.ndarray, edges: np.ndarray, save_path) -> None:
+    """The classic slimming figure: the |gamma| distribution of every epoch, as a heat map and as curves."""
+    from utils.plots import plt
+
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.5), tight_layout=True)
+    centres = (edges[:-1] + edges[1:]) / 2
+    a0.imshow(np.log1p(counts), aspect="auto", origin="lower", cmap="viridis",
+              extent=(edges[0], edges[-1], -0.5, len(counts) - 0.5))
+    a0.set_xlabel("|gamma|")
+    a0.set_ylabel("epoch (row 0: before training)")
+    a0.set_title("BN |gamma| per epoch (log count)")
+    step = max(1, (len(counts) - 1) // 6)
+    for i in list(range(0, len(counts), step)) + ([len(counts) - 1] if (len(counts) - 1) % step else []):
+        a1.plot(centres, counts[i], label="start" if i == 0 else f"epoch {i - 1}")
+    a1.set_yscale("symlog")
+    a1.set_xlabel("|gamma|")
+    a1.set_ylabel("channels")
+    a1.legend()
+    fig.savefig(save_path, dpi=150)
+    plt.close(fig)
