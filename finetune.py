@@ -2,9 +2,11 @@
 
     python finetune.py --weights runs/prune/exp/pruned.pt --data data/synthetic.yaml --epochs 20
     python finetune.py --weights pruned.pt --hyp data/hyps/hyp.scratch-low.yaml   # any train.py flag works
+    python finetune.py --weights pruned.pt --teacher runs/train-sparse/exp/weights/last.pt --kd 1.0  # distillation
 
 The model is rebuilt from the yaml stored in the checkpoint (a pruned model's own widths), so there is no --cfg;
-its anchors are kept (pass --autoanchor to recompute them). Outputs go to runs/finetune/exp.
+its anchors are kept (pass --autoanchor to recompute them). With --teacher, the unpruned model's outputs are soft
+targets (utils/distill.py) and results.csv gains train/kd_loss. Outputs go to runs/finetune/exp.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from __future__ import annotations
 import argparse
 
 import train
+from utils.checkpoint import load_model
+from utils.distill import Distillation
 from utils.errors import UserError, cli
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = train.build_parser(__doc__)
+    p.add_argument("--teacher", type=str, default="", help="checkpoint to distil from (the unpruned model)")
+    p.add_argument("--kd", type=float, default=1.0, help="weight of the distillation loss")
     p.set_defaults(project=str(train.ROOT / "runs/finetune"), hyp=str(train.ROOT / "data/hyps/hyp.finetune.yaml"))
     opt = train.finalize_opt(p.parse_args(argv))
     if not opt.resume and not opt.weights:
@@ -27,9 +33,15 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
+def run(opt: argparse.Namespace) -> dict:
+    settings = train.resume_opt(opt)[0] if opt.resume else opt  # a resumed run keeps its own teacher
+    hooks = [Distillation(load_model(settings.teacher), settings.kd)] if getattr(settings, "teacher", "") else []
+    return train.run(opt, hooks)
+
+
 @cli
 def main(argv: list[str] | None = None) -> dict:
-    return train.run(parse_opt(argv))
+    return run(parse_opt(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Knowledge distillation from an unpruned teacher to a pruned student with the same heads and anchors.
+
+Soft targets, per detection level and anchor cell:
+- objectness: BCE of the student's logit against the teacher's probability, everywhere;
+- classes: BCE against the teacher's class probabilities, weighted by the teacher's objectness (where it sees objects);
+- boxes: squared difference of the sigmoid box outputs where the teacher is confident (objectness > conf).
+Every term is zero, with zero gradient, when the student outputs what the teacher does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.engine import Hook, TrainState
+from utils.errors import UserError
+from utils.log import LOGGER, colorstr
+
+
+def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], conf: float = 0.5) -> torch.Tensor:
+    """Sum over levels of the mean soft-target losses; tensors are (bs, na, ny, nx, 5 + nc) raw head outputs."""
+    total = student[0].new_zeros(())
+    for s, t in zip(student, teacher):
+        t = t.detach().float()
+        s = s.float()
+        t_obj = t[..., 4].sigmoid()
+        lobj = F.binary_cross_entropy_with_logits(s[..., 4], t_obj, reduction="none")
+        lobj = (lobj - F.binary_cross_entropy_with_logits(t[..., 4], t_obj, reduction="none")).mean()  # 0 at s == t
+        lcls = s.new_zeros(())
+        if s.shape[-1] > 6:  # one class is described by objectness alone
+            t_cls = t[..., 5:].sigmoid()
+            ce = F.binary_cross_entropy_with_logits(s[..., 5:], t_cls, reduction="none")
+            ce = ce - F.binary_cross_entropy_with_logits(t[..., 5:], t_cls, reduction="none")
+            lcls = (ce.mean(-1) * t_obj).sum() / t_obj.sum().clamp(min=1e-6)
+        sure = t_obj > conf
+        lbox = ((s[..., :4].sigmoid() - t[..., :4].sigmoid()) ** 2)[sure].sum(-1).mean() if sure.any() else 0.0
+        total = total + lobj + lcls + lbox
+    return total
+
+
+class Distillation(Hook):
+    """finetune.py --teacher: adds kd * distill_loss * batch size (the detection loss's scale) to every batch."""
+
+    def __init__(self, teacher: nn.Module, kd: float = 1.0, conf: float = 0.5):
+        self.teacher, self.kd, self.conf = teacher, kd, conf
+        self.sum, self.n = 0.0, 0
+
+    def on_train_start(self, state: TrainState) -> None:
+        s, t = state.bare.model[-1], self.teacher.model[-1]
+        if (s.nc, s.na, s.nl) != (t.nc, t.na, t.nl) or not torch.allclose(s.anchors.cpu(), t.anchors.float().cpu()):
+            raise UserError("--teacher must have the student's classes, anchors and detection levels "
+                            f"(teacher nc={t.nc}, student nc={s.nc})")
+        self.teacher = self.teacher.float().to(state.device).eval().requires_grad_(False)
+        LOGGER.info(f"{colorstr('distillation: ')}kd {self.kd} from a teacher of "
+                    f"{sum(p.numel() for p in self.teacher.parameters()):,} parameters")
+
+    def loss(self, state: TrainState, imgs, preds, targets) -> torch.Tensor:
+        with torch.no_grad():
+            t_out = self.teacher(imgs)[1]  # eval mode: (decoded, raw per-level outputs)
+        kd = distill_loss(preds, t_out, self.conf)
+        self.sum, self.n = self.sum + float(kd), self.n + 1
+        return self.kd * kd * imgs.shape[0]
+
+    def epoch_columns(self, state: TrainState) -> dict[str, float]:
+        mean, self.sum, self.n = self.sum / max(self.n, 1), 0.0, 0
+        return {"train/kd_loss": mean}
