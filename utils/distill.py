@@ -59,7 +59,7 @@ class Distillation(Hook):
         with torch.no_grad():
             t_out = self.teacher(imgs)[1]  # eval mode: (decoded, raw per-level outputs)
         kd = distill_loss(preds, t_out, self.conf)
-        self.sum, self.n = self.sum + float(kd), self.n + 1
+        self.sum, self.n = self.sum + float(kd.detach()), self.n + 1
         return self.kd * kd * imgs.shape[0]
 
     def epoch_columns(self, state: TrainState) -> dict[str, float]:
