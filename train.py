@@ -44,6 +44,8 @@ from val import evaluate, print_results
 
 ROOT = Path(__file__).resolve().parent
 NBS = 64  # nominal batch size (hyp key `nbs` overrides): gradients are accumulated up to it, weight decay scaled to it
+HYP_KEYS = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "box",
+            "cls", "cls_pw", "obj", "obj_pw", "anchor_t", "fl_gamma")  # augmentation keys default to scratch-low's
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
@@ -217,6 +219,10 @@ def train(opt: argparse.Namespace, hooks: list[Hook] = ()) -> dict:
     ddp.init_distributed(device)
     seed_everything(opt.seed + 1 + max(ddp.RANK, 0))
     hyp = opt.hyp if isinstance(opt.hyp, dict) else yaml_load(opt.hyp)
+    missing = [k for k in HYP_KEYS if not isinstance(hyp.get(k), (int, float))]
+    if missing:
+        raise UserError(f"--hyp {opt.hyp if not isinstance(opt.hyp, dict) else ''}: missing or non-numeric "
+                        f"keys {', '.join(missing)} (see data/hyps/hyp.scratch-low.yaml)")
     with ddp.rank_zero_first():
         data = check_dataset(opt.data, splits=("train", "val"))
     names = {0: "item"} if opt.single_cls else data["names"]

@@ -198,6 +198,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert_one_line_error(r, "nosuch.yaml")
     r = run_script("train.py", "--epochs", "0")
     assert_one_line_error(r, "--epochs")
+    r = run_script("train.py", "--hyp", "data/coco128.yaml", "--epochs", "1")
+    assert_one_line_error(r, "coco128.yaml", "lr0")
     data = make_dataset(tmp_path / "d", n=2)
     r = run_script("train.py", "--data", str(data), "--device", "cuda:0", "--epochs", "1",
                    "--project", str(tmp_path / "runs"))
