@@ -82,4 +82,4 @@ def test_tiny_sr_warns_that_it_cannot_sparsify(tmp_path, log_lines):
     train_sparse.run(train_sparse.parse_opt(args))
     warn = [x for x in log_lines if "cannot sparsify" in x]
     assert len(warn) == 1 and "--shrink" in warn[0]
-    assert "the median |gamma| is 1." in warn[0]  # a fresh model's BN weights are all 1
+    assert "the median |gamma| is 1.000." in warn[0]  # a fresh model's BN weights are all 1

@@ -82,12 +82,12 @@ class BNSparsity(Hook):
         self.history = [np.histogram(g, self.edges)[0]]
         LOGGER.info(f"{PREFIX}L1 on {len(self.bns)} BN layers ({g.size} channels), sr {self.sr:.3g} "
                     f"({self.schedule}); the penalty alone can shrink a gamma by about {budget:.3g} over the run "
-                    f"(sum lr x sr / (1 - momentum)); median |gamma| now {median:.3g}")
+                    f"(sum lr x sr / (1 - momentum)); median |gamma| now {median:.3f}")
         if state.opt is not None and getattr(state.opt, "optimizer", "SGD") != "SGD":
             LOGGER.info(f"{PREFIX}with {state.opt.optimizer} that budget is only indicative: Adam rescales gradients")
         if budget < 0.25 * median:
             LOGGER.warning(f"{PREFIX}WARNING: this cannot sparsify: the penalty can move gamma by {budget:.3g} but "
-                           f"the median |gamma| is {median:.3g}. Raise --sr or --epochs, or give --shrink "
+                           f"the median |gamma| is {median:.3f}. Raise --sr or --epochs, or give --shrink "
                            f"{median:.2g} to derive sr from the shrink you want")
         self.record = {"sr": self.sr, "schedule": self.schedule, "budget": budget, "median_gamma_start": median,
                        "bn_layers": len(self.bns), "channels": int(g.size), "skip_shortcut": self.skip_shortcut}
