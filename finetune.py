@@ -33,10 +33,13 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
+def distillation(opt: argparse.Namespace) -> list[Distillation]:
+    """The hook for --teacher, from the resolved options (a resumed run keeps its own teacher)."""
+    return [Distillation(load_model(opt.teacher), opt.kd)] if getattr(opt, "teacher", "") else []
+
+
 def run(opt: argparse.Namespace) -> dict:
-    settings = train.resume_opt(opt)[0] if opt.resume else opt  # a resumed run keeps its own teacher
-    hooks = [Distillation(load_model(settings.teacher), settings.kd)] if getattr(settings, "teacher", "") else []
-    return train.run(opt, hooks)
+    return train.run(opt, distillation)
 
 
 @cli

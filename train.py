@@ -19,6 +19,7 @@ import time
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parent
 NBS = 64  # nominal batch size (hyp key `nbs` overrides): gradients are accumulated up to it, weight decay scaled to it
 HYP_KEYS = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "box",
             "cls", "cls_pw", "obj", "obj_pw", "anchor_t", "fl_gamma")  # augmentation keys default to scratch-low's
+HookSpec = Union[Sequence[Hook], Callable[[argparse.Namespace], Sequence[Hook]]]
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
                "x/lr0", "x/lr1", "x/lr2")
@@ -93,11 +95,12 @@ def check_opt(opt: argparse.Namespace) -> None:
                         "or --weights '' --cfg yolov5s.yaml to train from scratch)")
 
 
-def build_model(opt, nc: int, hyp: dict, device: torch.device) -> tuple[DetectionModel, dict | None]:
-    """A model from --cfg (or the checkpoint's own yaml) with every matching tensor of --weights transferred."""
-    ckpt = None
+def build_model(opt, nc: int, hyp: dict, device: torch.device,
+                ckpt: dict | None = None) -> tuple[DetectionModel, dict | None]:
+    """A model from --cfg (or the checkpoint's own yaml) with every matching tensor of --weights transferred.
+    `ckpt` is --weights already loaded (a resume has read it), so the file is not read twice."""
     if opt.weights:
-        ckpt = load_checkpoint(opt.weights)
+        ckpt = ckpt or load_checkpoint(opt.weights)
         src = (ckpt.get("ema") or ckpt["model"]).float()
         model = DetectionModel(opt.cfg or src.yaml, ch=3, nc=nc, anchors=hyp.get("anchors"))
         # a new yaml or hyp anchors mean the user chose the anchors; otherwise the checkpoint's are kept
@@ -206,11 +209,16 @@ def strip_optimizer(path: Path) -> None:
     save_checkpoint(ckpt, path)
 
 
-def train(opt: argparse.Namespace, hooks: list[Hook] = ()) -> dict:
-    """Run a whole training as the command line describes; return the final results.json record (rank 0)."""
+def train(opt: argparse.Namespace, hooks: HookSpec = ()) -> dict:
+    """Run a whole training as the command line describes; return the final results.json record (rank 0).
+
+    hooks: a list, or a callable making the list from the resolved command line (a resumed run's saved options),
+    so that scripts which extend training rebuild their hooks from the run they continue."""
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_opt(opt)
+    if callable(hooks):
+        hooks = hooks(opt)
     if not opt.weights and not opt.cfg:
         opt.cfg = "yolov5s.yaml"
         LOGGER.info("No --weights or --cfg given: training yolov5s from scratch")
@@ -235,8 +243,7 @@ def train(opt: argparse.Namespace, hooks: list[Hook] = ()) -> dict:
         yaml_save(save_dir / "hyp.yaml", hyp)
         yaml_save(save_dir / "opt.yaml", {**vars(opt), "hyp": None})
     opt.hyp = hyp  # the checkpoint carries the values, so --resume needs no file
-    model, wckpt = build_model(opt, nc, hyp, device)
-    ckpt = ckpt or wckpt
+    model, ckpt = build_model(opt, nc, hyp, device, ckpt)
     freeze_layers(model, opt.freeze)
     gs = max(int(model.stride.max()), 32)
     imgsz = int(np.ceil(opt.imgsz / gs) * gs)
@@ -437,7 +444,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return finalize_opt(build_parser().parse_args(argv))
 
 
-def run(opt: argparse.Namespace, hooks: list[Hook] = ()) -> dict:
+def run(opt: argparse.Namespace, hooks: HookSpec = ()) -> dict:
     try:
         return train(opt, hooks)
     finally:

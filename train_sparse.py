@@ -35,9 +35,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(opt: argparse.Namespace) -> dict:
-    settings = train.resume_opt(opt)[0] if opt.resume else opt  # a resumed run keeps its own penalty
-    hook = BNSparsity(settings.sr, settings.sr_schedule, settings.skip_shortcut, settings.shrink)
-    return train.run(opt, [hook])
+    # built from the resolved options, so a resumed run keeps its own penalty
+    return train.run(opt, lambda o: [BNSparsity(o.sr, o.sr_schedule, o.skip_shortcut, o.shrink)])
 
 
 @cli
