@@ -293,7 +293,7 @@ def _fit(opt, hooks, model, ckpt, device, save_dir, names, train_loader, val_loa
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     compute_loss = ComputeLoss(model)
     state = TrainState(model, optimizer, ema, opt.hyp, opt.epochs, nb, save_dir, device, start_epoch, opt=opt,
-                       warmup=warmup)
+                       warmup=warmup, loader=train_loader)
     for h in hooks:
         h.on_train_start(state)
     stopper, stop = EarlyStopping(opt.patience), False
@@ -313,6 +313,8 @@ def _fit(opt, hooks, model, ckpt, device, save_dir, names, train_loader, val_loa
                                 imgsz, show_bar=main)
         lr = [g["lr"] for g in optimizer.param_groups]
         scheduler.step()
+        for h in hooks:
+            h.on_epoch_end(state)
         if main:
             best_fitness, stop = _end_epoch(state, opt, hooks, val_loader, names, compute_loss, mloss, lr,
                                             best_fitness, stopper)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from utils.labels import label_lines
 from utils.log import LOGGER, colorstr
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
+from utils.latency import measure, torch_runner
 from utils.torch_utils import model_info, select_device, time_sync
 
 ROOT = Path(__file__).resolve().parent
@@ -172,6 +174,24 @@ def _annotations_file(data: dict) -> Path | None:
     return p if p.is_file() else None  # None: the ground truth is written from the YOLO labels instead
 
 
+def val_loader(data: dict, task: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
+               single_cls: bool = False, source: str = "dataset yaml"):
+    """The evaluation loader of a split ('train', 'val', 'test'; 'speed' = val without rectangular batches)."""
+    split = task if task in ("train", "val", "test") else "val"
+    if not data.get(split):
+        raise UserError(f"{source}: no '{split}' split given")
+    pad, rect = (0.0, False) if task == "speed" else (0.5, True)
+    return create_dataloader(data[split], imgsz, batch_size, stride, rect=rect, pad=pad, workers=workers,
+                             nc=None if single_cls else data["nc"], prefix=colorstr(f"{split}: "))[0]
+
+
+def evaluate_model(model, loader, names: dict[int, str] | None = None, **kwargs) -> dict:
+    """P, R, mAP50, mAP50-95 of a model object (a fused float copy is evaluated; `model` is left as it is)."""
+    m = deepcopy(model).float().eval().fuse()
+    res = evaluate(m, loader, names or m.names, **kwargs)
+    return {"P": res.mp, "R": res.mr, "mAP50": res.map50, "mAP50-95": res.map}
+
+
 def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path, device: torch.device) -> dict:
     """Evaluate one checkpoint; print its table; return its metrics.json record."""
     model = load_model(w, device)
@@ -187,12 +207,7 @@ def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path
     names = {0: "item"} if opt.single_cls else model.names
     if not opt.single_cls and len(names) != data["nc"]:
         raise UserError(f"{w} predicts {len(names)} classes but {opt.data} has nc={data['nc']}")
-    task = opt.task if opt.task in ("train", "val", "test") else "val"
-    if not data.get(task):
-        raise UserError(f"{opt.data}: no '{task}' split given")
-    pad, rect = (0.0, False) if opt.task == "speed" else (0.5, True)
-    loader = create_dataloader(data[task], imgsz, opt.batch_size, stride, rect=rect, pad=pad, workers=opt.workers,
-                               nc=None if opt.single_cls else data["nc"], prefix=colorstr(f"{task}: "))[0]
+    loader = val_loader(data, opt.task, imgsz, opt.batch_size, stride, opt.workers, opt.single_cls, opt.data)
     model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))  # warm-up
     annotations = _annotations_file(data) if opt.save_json else None
     class_map = _class_map(data["names"], annotations) if opt.save_json else None
@@ -203,7 +218,7 @@ def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path
                 % (*res.speed, (opt.batch_size, 3, imgsz, imgsz)))
     record = {"weights": str(w), "P": res.mp, "R": res.mr, "mAP50": res.map50, "mAP50-95": res.map,
               "params": params, "GFLOPs": round(gflops, 3), "ms_per_img": round(res.speed[1], 3),
-              "file_MB": round(file_size_mb(w), 3), "images": res.seen, "instances": int(res.nt.sum()),
+              "file_MB": round(file_size_mb(w), 3), "imgsz": imgsz, "images": res.seen, "instances": int(res.nt.sum()),
               "speed_ms": {"pre": res.speed[0], "inference": res.speed[1], "nms": res.speed[2]}}
     if opt.save_json:
         pred_json = save_dir / f"{Path(w).stem}_predictions.json"
@@ -215,15 +230,32 @@ def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path
     return record
 
 
+def batch1_latency(records: list[dict], imgsz: int, device: torch.device, runs: int) -> None:
+    """Add each model's batch-1 latency (fused, fp32, interleaved rounds, median) to its record."""
+    runners = {}
+    for i, r in enumerate(records):
+        model = load_model(r["weights"], device, fuse=True)
+        runners[i] = torch_runner(model, imgsz, device)
+    LOGGER.info(f"Batch-1 latency at {imgsz}: {runs} runs per model in interleaved rounds...")
+    for i, t in measure(runners, runs=runs, rounds=5).items():
+        records[i].update(b1_ms=round(t["ms"], 2), b1_ms_p10=round(t["p10"], 2), b1_ms_p90=round(t["p90"], 2))
+
+
 def print_comparison(records: list[dict]) -> None:
     """One row per checkpoint: what a before/after comparison needs."""
     w = max(len(Path(r["weights"]).name) for r in records) + 2
+    b1 = all("b1_ms" in r for r in records)
+    lat_h = f"{'b1 ms':>8}" if b1 else ""
     LOGGER.info(f"\n{'Model':<{w}}{'P':>8}{'R':>8}{'mAP50':>8}{'mAP50-95':>10}{'params':>12}{'GFLOPs':>8}"
-                f"{'ms/img':>8}{'MB':>8}")
+                f"{'ms/img':>8}{lat_h}{'MB':>8}")
     for r in records:
+        lat = f"{r['b1_ms']:>8.1f}" if b1 else ""
         LOGGER.info(f"{Path(r['weights']).name:<{w}}{r['P']:>8.3f}{r['R']:>8.3f}{r['mAP50']:>8.3f}"
-                    f"{r['mAP50-95']:>10.3f}{r['params']:>12,}{r['GFLOPs']:>8.2f}{r['ms_per_img']:>8.1f}"
+                    f"{r['mAP50-95']:>10.3f}{r['params']:>12,}{r['GFLOPs']:>8.2f}{r['ms_per_img']:>8.1f}{lat}"
                     f"{r['file_MB']:>8.2f}")
+    if b1:
+        LOGGER.info("ms/img: inference per image at --batch-size; b1 ms: batch-1 median (fused fp32), "
+                    "interleaved rounds")
 
 
 def run(opt: argparse.Namespace) -> list[dict]:
@@ -247,6 +279,8 @@ def run(opt: argparse.Namespace) -> list[dict]:
         LOGGER.info(f"\n{colorstr('val: ')}{w}")
         records.append(validate_weights(w, data, opt, sub, device))
     if len(records) > 1:
+        if opt.latency_runs > 0:
+            batch1_latency(records, records[0]["imgsz"], device, opt.latency_runs)
         print_comparison(records)
     atomic_write(save_dir / "metrics.json", lambda f: json.dump(records, f, indent=2), mode="w")
     LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))} (metrics.json)")
@@ -275,6 +309,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="save plots")
+    p.add_argument("--latency-runs", type=int, default=30,
+                   help="with several --weights: batch-1 runs per model for the latency column (0: off)")
     return p.parse_args(argv)
 
 

@@ -57,12 +57,25 @@ class Focus(nn.Module):
         return self.conv(torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1))
 
 
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 expand, with a residual add when the shapes allow it."""
+def _widths(widths: dict | None, allowed: set[str], module: str) -> dict:
+    """The explicit inner widths a pruned model yaml gives a block (its trailing `{...}` argument)."""
+    widths = dict(widths or {})
+    unknown = set(widths) - allowed
+    if unknown:
+        raise ValueError(f"{module} takes inner widths {sorted(allowed)}, not {sorted(unknown)}")
+    return widths
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5):
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 expand, with a residual add when the shapes allow it.
+
+    widths: {"c_": hidden width} instead of c2 * e (pruned models).
+    """
+
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5,
+                 widths: dict | None = None):
         super().__init__()
-        c_ = int(c2 * e)
+        c_ = _widths(widths, {"c_"}, "Bottleneck").get("c_", int(c2 * e))
         self.cv1 = Conv(c1, c_, 1, 1)
         self.cv2 = Conv(c_, c2, 3, 1, g=g)
         self.add = shortcut and c1 == c2
@@ -73,26 +86,54 @@ class Bottleneck(nn.Module):
 
 
 class C3(nn.Module):
-    """CSP block: two 1x1 branches (one through n bottlenecks), concatenated and mixed by a third 1x1 conv."""
+    """CSP block: two 1x1 branches (one through n bottlenecks), concatenated and mixed by a third 1x1 conv.
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
+    widths (pruned models): {"cv1": a, "cv2": b, "m": [[hidden, out], ...]}, the output widths of cv1, cv2 and of each
+    bottleneck's two convs, instead of c2 * e everywhere. A bottleneck adds its input only where in == out.
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
+                 widths: dict | None = None):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c1, c_, 1, 1)
-        self.cv3 = Conv(2 * c_, c2, 1)
-        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+        w = _widths(widths, {"cv1", "cv2", "m"}, type(self).__name__)
+        a, b = w.get("cv1", c_), w.get("cv2", c_)
+        inner = w.get("m", [[self._hidden(a), a]] * n)
+        if len(inner) != n:
+            raise ValueError(f"{type(self).__name__}: {n} bottlenecks but {len(inner)} entries in widths['m']")
+        self.cv1 = Conv(c1, a, 1, 1)
+        self.cv2 = Conv(c1, b, 1, 1)
+        blocks, c = [], a
+        for hidden, out in (self._pair(x) for x in inner):
+            blocks.append(self._block(c, out, hidden, shortcut, g))
+            c = out
+        self.cv3 = Conv(c + b, c2, 1)
+        self.m = nn.Sequential(*blocks)
+
+    @staticmethod
+    def _pair(x) -> tuple[int, int]:
+        if not (isinstance(x, (list, tuple)) and len(x) == 2):
+            raise ValueError(f"widths['m'] entries are [hidden, out], not {x!r}")
+        return int(x[0]), int(x[1])
+
+    @staticmethod
+    def _hidden(c: int) -> int:
+        return c  # Bottleneck(c, c, e=1.0)
+
+    @staticmethod
+    def _block(c1: int, c2: int, hidden: int, shortcut: bool, g: int) -> nn.Module:
+        return Bottleneck(c1, c2, shortcut, g, widths={"c_": hidden})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
 
 
 class SPP(nn.Module):
-    """Spatial pyramid pooling with parallel max-pools of several sizes (YOLOv3 style)."""
+    """Spatial pyramid pooling with parallel max-pools of several sizes (YOLOv3 style). widths: {"c_": cv1's width}."""
 
-    def __init__(self, c1: int, c2: int, k=(5, 9, 13)):
+    def __init__(self, c1: int, c2: int, k=(5, 9, 13), widths: dict | None = None):
         super().__init__()
-        c_ = c1 // 2
+        c_ = _widths(widths, {"c_"}, "SPP").get("c_", c1 // 2)
         self.cv1 = Conv(c1, c_, 1, 1)
         self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1)
         self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
@@ -103,11 +144,14 @@ class SPP(nn.Module):
 
 
 class SPPF(nn.Module):
-    """SPP with one k x k max-pool applied three times in series: the receptive fields of SPP(k, 2k-1, 3k-2)."""
+    """SPP with one k x k max-pool applied three times in series: the receptive fields of SPP(k, 2k-1, 3k-2).
 
-    def __init__(self, c1: int, c2: int, k: int = 5):
+    widths: {"c_": cv1's width} instead of c1 // 2 (pruned models).
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 5, widths: dict | None = None):
         super().__init__()
-        c_ = c1 // 2
+        c_ = _widths(widths, {"c_"}, "SPPF").get("c_", c1 // 2)
         self.cv1 = Conv(c1, c_, 1, 1)
         self.cv2 = Conv(c_ * 4, c2, 1, 1)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
@@ -145,11 +189,14 @@ class GhostConv(nn.Module):
 
 
 class GhostBottleneck(nn.Module):
-    """Ghost bottleneck: GhostConv, optional stride-2 depth-wise conv, GhostConv; residual (projected when s=2)."""
+    """Ghost bottleneck: GhostConv, optional stride-2 depth-wise conv, GhostConv; residual (projected when s=2).
 
-    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1):
+    widths: {"c_": the first GhostConv's output width} instead of c2 // 2 (pruned models).
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, widths: dict | None = None):
         super().__init__()
-        c_ = c2 // 2
+        c_ = _widths(widths, {"c_"}, "GhostBottleneck").get("c_", c2 // 2)
         self.conv = nn.Sequential(
             GhostConv(c1, c_, 1, 1),
             DWConv(c_, c_, k, s, act=False) if s == 2 else nn.Identity(),
@@ -164,9 +211,12 @@ class GhostBottleneck(nn.Module):
 
 
 class C3Ghost(C3):
-    """C3 whose bottlenecks are GhostBottlenecks."""
+    """C3 whose bottlenecks are GhostBottlenecks (always residual: widths['m'] entries are [hidden, cv1's width])."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
-        super().__init__(c1, c2, n, shortcut, g, e)
-        c_ = int(c2 * e)
-        self.m = nn.Sequential(*(GhostBottleneck(c_, c_) for _ in range(n)))
+    @staticmethod
+    def _hidden(c: int) -> int:
+        return c // 2
+
+    @staticmethod
+    def _block(c1: int, c2: int, hidden: int, shortcut: bool, g: int) -> nn.Module:
+        return GhostBottleneck(c1, c2, widths={"c_": hidden})

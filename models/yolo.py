@@ -100,9 +100,14 @@ def _resolve_arg(a: Any, d: dict) -> Any:
 
 
 def parse_model(d: dict, ch: list[int], source: str = "model yaml") -> tuple[nn.Sequential, list[int]]:
-    """Build the layer list from a model dict; return (layers, indices whose outputs later layers read)."""
+    """Build the layer list from a model dict; return (layers, indices whose outputs later layers read).
+
+    A pruned model's yaml (`exact_widths: true`) gives every width as it is (no rounding to multiples of 8), and a
+    block's inner widths as a trailing `{...}` argument: `[-1, 1, C3, [37, True, {cv1: 12, cv2: 9, m: [[7, 12]]}]]`.
+    """
     anchors, nc = d["anchors"], d["nc"]
     gd, gw = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
+    exact = bool(d.get("exact_widths", False))
     na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
     no = na * (nc + 5)
     layers, save, c2 = [], [], ch[-1]
@@ -111,10 +116,11 @@ def parse_model(d: dict, ch: list[int], source: str = "model yaml") -> tuple[nn.
         if m is None:
             raise UserError(f"{source}: layer {i}: unknown module '{name}' (known: {', '.join(sorted(REGISTRY))})")
         args = [_resolve_arg(a, d) for a in args]
+        kwargs = {"widths": args.pop()} if args and isinstance(args[-1], dict) else {}
         n = max(round(n * gd), 1) if n > 1 else n
         if m in CHANNEL_MODULES:
             c1, c2 = ch[f], args[0]
-            if c2 != no:
+            if c2 != no and not exact:
                 c2 = make_divisible(c2 * gw, 8)
             args = [c1, c2, *args[1:]]
             if m in REPEAT_MODULES:
@@ -131,7 +137,7 @@ def parse_model(d: dict, ch: list[int], source: str = "model yaml") -> tuple[nn.
         else:
             c2 = ch[f]
         try:
-            m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+            m_ = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)
         except (TypeError, ValueError) as e:
             raise UserError(f"{source}: layer {i}: bad arguments {args} for {name}: {e}") from None
         m_.i, m_.f, m_.type = i, f, f"{m.__module__}.{m.__name__}"

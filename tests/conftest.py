@@ -30,6 +30,17 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convs: with cv2 imported first, 2 torch threads run the pruning tests ~20x slower than 1 here."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def shapes_yaml(tmp_path) -> Path:
     """A data yaml for ../shared/datasets/shapes."""

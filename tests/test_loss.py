@@ -215,15 +215,6 @@ def test_focal_loss_used_when_fl_gamma_positive():
 
 
 # ---------------------------------------------------------------- training signal
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two threads contending make these tiny convs 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_loss_backpropagates_and_sgd_decreases_it(one_thread):
     torch.manual_seed(0)
     model = DetectionModel("yolov5n.yaml", nc=2)

@@ -26,13 +26,7 @@ def _randomise(m: DetectionModel, beta_scale: float = 0.5) -> DetectionModel:
     return m.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convs: with cv2 imported first (conftest), 2 torch threads run these tests ~20x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
 
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,9 @@ def test_several_weights_give_one_comparison(tmp_path, log_lines):
     recs = _val(tmp_path, "--weights", *paths, "--data", str(data), "--imgsz", "128", "--batch-size", "2")
     assert [r["weights"] for r in recs] == paths
     assert recs[0]["params"] < recs[1]["params"] and recs[0]["GFLOPs"] < recs[1]["GFLOPs"]
-    keys = {"weights", "P", "R", "mAP50", "mAP50-95", "params", "GFLOPs", "ms_per_img", "file_MB"}
+    keys = {"weights", "P", "R", "mAP50", "mAP50-95", "params", "GFLOPs", "ms_per_img", "file_MB", "b1_ms"}
     assert all(keys <= set(r) for r in recs)
+    assert recs[0]["b1_ms"] < recs[1]["b1_ms"]  # yolov5n against yolov5s: ~4x the FLOPs
     saved = json.loads((tmp_path / "runs" / "exp" / "metrics.json").read_text())
     assert [r["params"] for r in saved] == [r["params"] for r in recs]
     table = log_lines[log_lines.index(next(x for x in log_lines if x.lstrip().startswith("Model"))):]

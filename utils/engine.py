@@ -42,6 +42,7 @@ class TrainState:
     ni: int = 0  # batches seen since the start of training (resumes continue the count)
     opt: Any = None  # the parsed command line
     warmup: Warmup | None = None  # the schedule of learning rates and accumulation, for hooks that plan ahead
+    loader: Any = None  # the training DataLoader
     extra: dict = field(default_factory=dict)  # scratch space shared by hooks
 
     @property
@@ -63,6 +64,9 @@ class Hook:
 
     def after_backward(self, state: TrainState) -> None:
         """Before each optimizer step: gradients are accumulated and, under AMP, already unscaled."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After an epoch's last optimizer step, before validation and checkpoints."""
 
     def epoch_columns(self, state: TrainState) -> dict[str, float]:
         """Extra results.csv columns for the epoch that just ended (rank 0 only)."""

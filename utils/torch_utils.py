@@ -99,3 +99,31 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 def de_parallel(model: nn.Module) -> nn.Module:
     """The bare model inside DataParallel / DistributedDataParallel."""
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches) -> int:
+    """Recompute every BatchNorm's running mean and variance as the plain average over `batches` (input tensors)
+    run in train-mode BN without gradients: "adaptive BN" (EagleEye). Running statistics that lag behind fast-changing
+    weights (sparse training) or that belong to another architecture (a pruned sub-net) are replaced by the statistics
+    the weights actually produce. Returns the number of batches used; other modules stay in eval mode."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("recalibrate_bn needs at least one batch")
+    modes = [(m, m.training) for m in model.modules()]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: every batch counts equally
+            m.train()
+        for x in batches:
+            model(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        for m, training in modes:
+            m.training = training
+    return len(batches)

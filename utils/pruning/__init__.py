@@ -14,9 +14,10 @@ from utils.pruning.groups import (
     global_threshold,
     group_scores,
     safe_prune_percent,
+    select_channels,
 )
 
 __all__ = [
     "ChannelFlow", "ChannelGroup", "GroupAnalysis", "Member", "analyze_groups", "build_groups", "global_threshold",
-    "group_scores", "prunable_bns", "safe_prune_percent", "trace_channels",
+    "group_scores", "prunable_bns", "safe_prune_percent", "select_channels", "trace_channels",
 ]

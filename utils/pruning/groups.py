@@ -112,9 +112,42 @@ def global_threshold(scores: list[torch.Tensor], percent: float) -> float:
 def safe_prune_percent(model: nn.Module, groups: list[ChannelGroup], reduce: str = "max") -> float:
     """The largest percent whose `global_threshold` empties no group: the share of channels scoring below the
     smallest of the groups' best scores."""
-    scores = group_scores(model, groups, reduce)
+    return safe_percent(group_scores(model, groups, reduce))
+
+
+def safe_percent(scores: list[torch.Tensor]) -> float:
+    """The largest percent whose `global_threshold` over these per-group scores empties no group."""
     if not scores:
         return 0.0
     limit = min(s.max() for s in scores)
     below = sum(int((s < limit).sum()) for s in scores)
     return below / sum(s.numel() for s in scores)
+
+
+def select_channels(scores: list[torch.Tensor], percent: float, min_channels: int = 1,
+                    round_to: int = 1) -> tuple[dict[int, torch.Tensor], list[int]]:
+    """Per group, the channels to keep. One global ranking of all group channels by score (ties broken by position,
+    so the share removed is exactly `percent` even where scores tie); the lowest floor(percent * n) are removed,
+    then each group is topped up by score to `min_channels` and rounded up to a multiple of `round_to` (never past
+    its size). Returns (group -> sorted kept indices, the groups that the ranking alone left below min_channels)."""
+    if not scores:
+        return {}, []
+    flat = torch.cat([s.float().flatten() for s in scores])
+    n_remove = min(math.floor(percent * flat.numel() + 1e-6), flat.numel())
+    removed = torch.zeros(flat.numel(), dtype=torch.bool)
+    removed[torch.sort(flat, stable=True).indices[:n_remove]] = True
+    keep, clamped, start = {}, [], 0
+    for k, s in enumerate(scores):
+        n = s.numel()
+        above = int((~removed[start:start + n]).sum())
+        start += n
+        need = min(max(above, min_channels, 1), n)
+        if above < min(min_channels, n):
+            clamped.append(k)
+        need = min(math.ceil(need / round_to) * round_to, n)
+        # the ranking's survivors first (a stable sort keeps its tie-break), then the best of the rest
+        order = torch.sort(s.float(), descending=True, stable=True).indices
+        survivors = order[~removed[start - n:start][order]]
+        rest = order[removed[start - n:start][order]]
+        keep[k] = torch.cat([survivors, rest])[:need].sort().values
+    return keep, clamped

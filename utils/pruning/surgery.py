@@ -30,7 +30,7 @@ import torch.nn as nn
 from utils.pruning.graph import build_groups
 from utils.pruning.groups import ChannelGroup
 
-__all__ = ["prune_channels", "removed_channels"]
+__all__ = ["prune_channels", "removed_channels", "soft_prune"]
 
 
 def _keep_index(keep, channels: int, k: int) -> torch.Tensor:
@@ -174,6 +174,16 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
+def _folded_copy(model: nn.Module, keep: Mapping[int, object], groups: Sequence[ChannelGroup] | None, fold: bool):
+    """(groups, group -> removed channels (non-empty only), a deep copy with the removed constants folded)."""
+    groups = build_groups(model) if groups is None else list(groups)
+    removed = {k: r for k, r in removed_channels(groups, keep).items() if r.numel()}
+    out = deepcopy(model)
+    if removed and fold:
+        _fold(out, _removed_input_constants(model, groups, removed))
+    return groups, removed, out
+
+
 def prune_channels(model: nn.Module, keep: Mapping[int, object], groups: Sequence[ChannelGroup] | None = None,
                    fold: bool = True) -> nn.Module:
     """A deep copy of `model` keeping, for each group index in `keep`, only those group channels (others whole).
@@ -182,14 +192,9 @@ def prune_channels(model: nn.Module, keep: Mapping[int, object], groups: Sequenc
     `fold` moves the removed channels' gamma-free constants into their consumers (see the module docstring).
     Raises ValueError for an empty, out-of-range or repeated keep list: no layer is ever emptied.
     """
-    groups = build_groups(model) if groups is None else list(groups)
-    removed = {k: r for k, r in removed_channels(groups, keep).items() if r.numel()}
-    out = deepcopy(model)
+    groups, removed, out = _folded_copy(model, keep, groups, fold)
     if not removed:
         return out
-    if fold:
-        _fold(out, _removed_input_constants(model, groups, removed))
-
     out_rm: dict[str, set[int]] = {}  # Conv2d / BatchNorm2d name -> removed output channels
     in_rm: dict[str, set[int]] = {}  # Conv2d name -> removed input channels
     for k, r in removed.items():
@@ -215,4 +220,22 @@ def prune_channels(model: nn.Module, keep: Mapping[int, object], groups: Sequenc
     for layer in getattr(out, "model", []):  # per-layer parameter counts, as parse_model sets them
         if hasattr(layer, "np"):
             layer.np = sum(x.numel() for x in layer.parameters())
+    return out
+
+
+def soft_prune(model: nn.Module, keep: Mapping[int, object], groups: Sequence[ChannelGroup] | None = None,
+               fold: bool = True) -> nn.Module:
+    """A deep copy of `model` with the same architecture in which the channels `prune_channels` would remove output
+    exactly zero (gamma and beta zeroed in every member) and, with `fold`, the same constants folded into their
+    consumers. Its outputs equal those of `prune_channels(model, keep, groups, fold)`: a reference for tests and a
+    way to evaluate a selection without surgery."""
+    groups, removed, out = _folded_copy(model, keep, groups, fold)
+    modules = dict(out.named_modules())
+    with torch.no_grad():
+        for k, r in removed.items():
+            for m in groups[k].members:
+                bn = modules[m.bn]
+                idx = (m.offset + r).to(bn.weight.device)
+                bn.weight[idx] = 0
+                bn.bias[idx] = 0
     return out
