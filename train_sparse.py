@@ -27,20 +27,23 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shrink", type=float, default=None,
                    help="set sr so that the penalty alone can shrink a gamma by this much over the run")
     p.add_argument("--skip-shortcut", action="store_true", help="leave BNs tied to residual adds unpenalised")
+    p.add_argument("--gamma-lr", type=float, default=1.0,
+                   help="multiply the learning rate of the penalised gammas (their gradients, loss and penalty "
+                        "alike): the same sr, reached sooner; short runs on small data need it")
     p.add_argument("--bn-recal", type=int, default=8,
                    help="recompute the EMA model's BN statistics on this many training batches after every epoch "
                         "(0: off); a strong penalty outruns BN's running averages")
     p.set_defaults(project=str(train.ROOT / "runs/train-sparse"))
     opt = train.finalize_opt(p.parse_args(argv))
-    if opt.sr < 0 or (opt.shrink is not None and opt.shrink <= 0) or opt.bn_recal < 0:
-        raise UserError("--sr and --bn-recal must be >= 0 and --shrink > 0")
+    if opt.sr < 0 or (opt.shrink is not None and opt.shrink <= 0) or opt.bn_recal < 0 or opt.gamma_lr <= 0:
+        raise UserError("--sr and --bn-recal must be >= 0, --shrink and --gamma-lr > 0")
     return opt
 
 
 def run(opt: argparse.Namespace) -> dict:
     # built from the resolved options, so a resumed run keeps its own penalty
     return train.run(opt, lambda o: [BNSparsity(o.sr, o.sr_schedule, o.skip_shortcut, o.shrink,
-                                                  getattr(o, "bn_recal", 8))])
+                                                  getattr(o, "bn_recal", 8), getattr(o, "gamma_lr", 1.0))])
 
 
 @cli

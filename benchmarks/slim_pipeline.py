@@ -2,7 +2,7 @@
 
     python benchmarks/slim_pipeline.py                  # built-in synthetic dataset, yolov5n from scratch, 320 (CPU)
     python benchmarks/slim_pipeline.py --weights yolov5n.pt --data data/coco128.yaml --imgsz 640 \\
-        --hyp data/hyps/hyp.sparse.yaml --sparse-epochs 60 --shrink 1.0 --percent 0.5 --finetune-epochs 30 --kd
+        --hyp data/hyps/hyp.small.yaml --sparse-epochs 60 --shrink 1.0 --percent 0.5 --finetune-epochs 30 --kd
 
 Each stage is the repo's own script called with the arguments printed before it (and saved in commands.sh), so any
 stage can be rerun by hand. Outputs go to runs/pipeline/exp/: one folder per stage, compare/metrics.json (val.py's
@@ -41,15 +41,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sparse-weights", default="", help="a finished sparse model (skips stages 1-2)")
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=30, help="base training epochs (from scratch)")
+    p.add_argument("--epochs", type=int, default=20, help="base training epochs (from scratch)")
     p.add_argument("--base-hyp", default="data/hyps/hyp.scratch-short.yaml", help="hyp of base training (AdamW)")
-    p.add_argument("--hyp", default="data/hyps/hyp.sparse.yaml", help="hyp of sparse training")
-    p.add_argument("--sparse-epochs", type=int, default=30)
+    p.add_argument("--hyp", default="data/hyps/hyp.small.yaml", help="hyp of sparse training")
+    p.add_argument("--sparse-epochs", type=int, default=10)
     p.add_argument("--sr", type=float, default=None, help="L1 strength (default: derived from --shrink)")
     p.add_argument("--shrink", type=float, default=1.0, help="how far the penalty alone can move a gamma")
     p.add_argument("--percent", type=float, default=0.5, help="prune.py --percent")
     p.add_argument("--skip-shortcut", action="store_true", help="sparse-train and prune without residual groups")
-    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml", help="hyp of fine-tuning")
     p.add_argument("--kd", action="store_true", help="also finetune with the base model as teacher, for comparison")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--device", default="")
@@ -101,7 +102,8 @@ class Pipeline:
             "--data", o.data, "--imgsz", str(o.imgsz), "--workers", str(o.workers), "--device", o.device,
             "--project", str(d), "--name", "prune", "--exist-ok"])
         pruned = str(Path(rec["save_dir"]) / "pruned.pt")
-        ft_args = ["--weights", pruned, "--epochs", str(o.finetune_epochs), *self.common(), "--project", str(d)]
+        ft_args = ["--weights", pruned, "--epochs", str(o.finetune_epochs), "--hyp", o.finetune_hyp, *self.common(),
+                   "--project", str(d)]
         tuned = [self.stage("finetune.py", finetune.main, [*ft_args, "--name", "finetune"])["last"]]
         if o.kd:
             tuned.append(self.stage("finetune.py", finetune.main,

@@ -83,3 +83,73 @@ def test_tiny_sr_warns_that_it_cannot_sparsify(tmp_path, log_lines):
     warn = [x for x in log_lines if "cannot sparsify" in x]
     assert len(warn) == 1 and "--shrink" in warn[0]
     assert "the median |gamma| is 1.000." in warn[0]  # a fresh model's BN weights are all 1
+
+
+
+def _engine_step(scale: float, sr: float = 0.01, lr: float = 0.1):
+    """One batch through the real train_one_epoch (SGD without momentum, a GradScaler of `scale` when > 1) with the
+    L1 hook; returns (hook, gammas before, the gradient the loss alone gives them, gammas after)."""
+    from copy import deepcopy
+
+    from utils.augmentations import HYP_DEFAULTS
+    from utils.engine import TrainState, train_one_epoch
+    from utils.files import yaml_load
+    from utils.loss import ComputeLoss
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n.yaml", nc=2)
+    model.hyp = {**HYP_DEFAULTS, **yaml_load(train_sparse.train.ROOT / "data/hyps/hyp.scratch-low.yaml")}
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.weight.copy_(torch.randn(bn.num_features) * 0.5)
+    imgs = (torch.rand(2, 3, 64, 64) * 255).to(torch.uint8)
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.4], [1, 1, 0.3, 0.6, 0.2, 0.2]])
+    ref_model = deepcopy(model).train()  # the same forward (autocast as the loop uses it), without the hook
+    with torch.autocast("cpu", enabled=scale > 1):
+        loss, _ = ComputeLoss(ref_model)(ref_model(imgs.float() / 255), targets)
+    (loss * scale).backward()
+    hook = BNSparsity(sr=sr)
+    hook.bns = prunable_bns(model)
+    ref_modules = dict(ref_model.named_modules())
+    ref = {n: ref_modules[n].weight.grad / scale for n in hook.bns}
+    before = {n: m.weight.detach().clone() for n, m in hook.bns.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0)
+    for g in opt.param_groups:
+        g["initial_lr"] = lr
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=scale > 1)
+    state = TrainState(model, opt, None, model.hyp, 1, 1, Path("."), torch.device("cpu"))
+    big = pytest.MonkeyPatch()
+    big.setattr("utils.engine.MAX_GRAD_NORM", 1e9)  # clipping would rescale the step
+    try:
+        train_one_epoch(state, [(imgs, targets, None, None)], ComputeLoss(model),
+                        Warmup(-1, model.hyp, 1, lambda e: 1.0), scaler, [hook], show_bar=False)
+    finally:
+        big.undo()
+    return hook, before, ref, {n: m.weight.detach().clone() for n, m in hook.bns.items()}
+
+
+@pytest.mark.parametrize("scale", [1.0, 1024.0])
+def test_penalty_moves_gamma_by_the_hand_computed_subgradient_step(scale):
+    """gamma <- gamma - lr * (dL/dgamma + sr * sign(gamma)), with or without a GradScaler: under one the penalty is
+    added to the unscaled gradient (added before unscaling it would shrink to sr / scale)."""
+    lr, sr = 0.1, 0.01
+    hook, before, ref, after = _engine_step(scale, sr, lr)
+    for n in hook.bns:
+        want = before[n] - lr * (ref[n] + sr * torch.sign(before[n]))
+        assert torch.allclose(after[n], want, atol=1e-5, rtol=0), n
+        moved = (before[n] - after[n]) / lr - ref[n]  # the penalty's own contribution
+        assert torch.allclose(moved, sr * torch.sign(before[n]), atol=1e-4), n
+
+
+def test_gamma_lr_scales_loss_and_penalty_gradients_alike():
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    hook = BNSparsity(sr=0.01, gamma_lr=4.0)
+    hook.bns = prunable_bns(model)
+    g = {}
+    for n, m in hook.bns.items():
+        m.weight.grad = torch.randn_like(m.weight) * 1e-3
+        g[n] = m.weight.grad.clone()
+    hook.after_backward(SimpleNamespace(epoch=0, epochs=1))
+    for n, m in hook.bns.items():
+        assert torch.allclose(m.weight.grad, 4.0 * (g[n] + 0.01 * torch.sign(m.weight)))
