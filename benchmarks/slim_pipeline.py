@@ -1,8 +1,8 @@
 """Network slimming end to end: base -> sparse training -> prune -> finetune -> one comparison table.
 
     python benchmarks/slim_pipeline.py                  # built-in synthetic dataset, yolov5n from scratch, 320 (CPU)
-    python benchmarks/slim_pipeline.py --weights yolov5n.pt --data data/coco128.yaml --imgsz 640 \\
-        --hyp data/hyps/hyp.small.yaml --sparse-epochs 60 --shrink 1.0 --percent 0.5 --finetune-epochs 30 --kd
+    python benchmarks/slim_pipeline.py --weights trained.pt --data data/shapes.yaml --sparse-epochs 30 \\
+        --sr 0.0005 --gamma-lr 100 --percent 0.5 --finetune-epochs 30 --kd    # the README's shapes rows
 
 Each stage is the repo's own script called with the arguments printed before it (and saved in commands.sh), so any
 stage can be rerun by hand. Outputs go to runs/pipeline/exp/: one folder per stage, compare/metrics.json (val.py's
@@ -45,8 +45,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-hyp", default="data/hyps/hyp.scratch-short.yaml", help="hyp of base training (AdamW)")
     p.add_argument("--hyp", default="data/hyps/hyp.small.yaml", help="hyp of sparse training")
     p.add_argument("--sparse-epochs", type=int, default=10)
-    p.add_argument("--sr", type=float, default=None, help="L1 strength (default: derived from --shrink)")
-    p.add_argument("--shrink", type=float, default=1.0, help="how far the penalty alone can move a gamma")
+    p.add_argument("--sr", type=float, default=0.0005, help="L1 strength (ignored with --shrink)")
+    p.add_argument("--gamma-lr", type=float, default=100.0, help="train_sparse.py --gamma-lr")
+    p.add_argument("--shrink", type=float, default=None, help="derive sr from how far the penalty can move a gamma")
     p.add_argument("--percent", type=float, default=0.5, help="prune.py --percent")
     p.add_argument("--skip-shortcut", action="store_true", help="sparse-train and prune without residual groups")
     p.add_argument("--finetune-epochs", type=int, default=10)
@@ -91,7 +92,8 @@ class Pipeline:
                     "--cfg", o.cfg, "--weights", "", "--epochs", str(o.epochs), "--optimizer", "AdamW", "--hyp",
                     o.base_hyp, *self.common(), "--project", str(d), "--name", "base"])
                 base = rec["weights"]  # best.pt
-            penalty = ["--sr", str(o.sr)] if o.sr is not None else ["--shrink", str(o.shrink)]
+            penalty = ["--shrink", str(o.shrink)] if o.shrink is not None else ["--sr", str(o.sr)]
+            penalty += ["--gamma-lr", str(o.gamma_lr)]
             rec = self.stage("train_sparse.py", train_sparse.main, [
                 "--weights", base, "--epochs", str(o.sparse_epochs), "--hyp", o.hyp, *penalty,
                 *(["--skip-shortcut"] if o.skip_shortcut else []), *self.common(), "--project", str(d),
