@@ -40,15 +40,13 @@ PREFIX = colorstr("prune: ")
 
 
 def fraction(text: str) -> float:
-    """--percent: a number in [0, 1); anything else is one clear line (UserError), not argparse's usage dump."""
+    """--percent as a number; a non-number is one clear line (UserError), not argparse's usage dump. The range is
+    PruneSettings.check's."""
     try:
-        p = float(text)
+        return float(text)
     except ValueError:
         raise UserError(f"--percent must be a number in [0, 1), the share of channels to remove; got '{text}'") \
             from None
-    if not 0 <= p < 1:
-        raise UserError(f"--percent must be in [0, 1), the share of prunable channels to remove; got {p:g}")
-    return p
 
 
 def resolve_weights(w: str) -> Path:
@@ -156,7 +154,7 @@ def run(opt: argparse.Namespace) -> dict:
               f"{' --skip-shortcut' if opt.skip_shortcut else ''} ({datetime.now():%Y-%m-%d}).\n"
               "Every width is explicit (exact_widths); C3/SPPF inner widths are the trailing {...} argument.\n"
               "Train from scratch: python train.py --cfg pruned.yaml --weights ''")
-    notes = _layer_notes(model, pruned)
+    notes = _layer_notes(result.layers, len(pruned.model))
     save_model_yaml(save_dir / "pruned.yaml", pruned.yaml, header, notes)
     check_rebuild(pruned, save_dir / "pruned.yaml")
     rec = {"weights": str(weights), "save_dir": str(save_dir), "imgsz": opt.imgsz, "data": opt.data or None,
@@ -178,14 +176,14 @@ def run(opt: argparse.Namespace) -> dict:
     return rec
 
 
-def _layer_notes(before: nn.Module, after: nn.Module) -> list[str]:
-    """'kept 12/16' after each layer of the yaml whose output width changed."""
-    notes = []
-    for a, b in zip(before.model, after.model):
-        wa = [m.num_features for m in a.modules() if isinstance(m, nn.BatchNorm2d)]
-        wb = [m.num_features for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
-        notes.append(f"kept {sum(wb)}/{sum(wa)} BN channels" if wa and wa != wb else "")
-    return notes
+def _layer_notes(layers: list[dict], n: int) -> list[str]:
+    """'kept a/b BN channels' after each of the n yaml layers whose BN widths changed (from the per-BN table)."""
+    kept, total = [0] * n, [0] * n
+    for x in layers:  # names are model.<layer>.<...>
+        i = int(x["name"].split(".")[1])
+        kept[i] += x["kept"]
+        total[i] += x["channels"]
+    return [f"kept {k}/{t} BN channels" if k != t else "" for k, t in zip(kept, total)]
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:

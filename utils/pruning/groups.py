@@ -136,18 +136,15 @@ def select_channels(scores: list[torch.Tensor], percent: float, min_channels: in
     n_remove = min(math.floor(percent * flat.numel() + 1e-6), flat.numel())
     removed = torch.zeros(flat.numel(), dtype=torch.bool)
     removed[torch.sort(flat, stable=True).indices[:n_remove]] = True
-    keep, clamped, start = {}, [], 0
-    for k, s in enumerate(scores):
+    keep, clamped = {}, []
+    for k, (s, gone) in enumerate(zip(scores, removed.split([s.numel() for s in scores]))):
         n = s.numel()
-        above = int((~removed[start:start + n]).sum())
-        start += n
+        above = int((~gone).sum())
         need = min(max(above, min_channels, 1), n)
         if above < min(min_channels, n):
             clamped.append(k)
         need = min(math.ceil(need / round_to) * round_to, n)
         # the ranking's survivors first (a stable sort keeps its tie-break), then the best of the rest
         order = torch.sort(s.float(), descending=True, stable=True).indices
-        survivors = order[~removed[start - n:start][order]]
-        rest = order[removed[start - n:start][order]]
-        keep[k] = torch.cat([survivors, rest])[:need].sort().values
+        keep[k] = torch.cat([order[~gone[order]], order[gone[order]]])[:need].sort().values
     return keep, clamped
