@@ -30,6 +30,7 @@ from utils.data import check_dataset
 from utils.errors import UserError, cli
 from utils.files import increment_path, yaml_load
 from utils.log import LOGGER, colorstr
+from utils.pruning.graph import probe_size
 from utils.pruning.pruner import METHODS, PruneResult, PruneSettings, prune_model
 from utils.pruning.report import EVAL_KEYS, plot_channels, write_report
 from utils.pruning.yaml_writer import save_model_yaml
@@ -80,8 +81,8 @@ def check_rebuild(pruned: nn.Module, yaml_path: Path) -> None:
     rebuilt.load_state_dict(pruned.state_dict(), strict=True)
     if count_params(rebuilt) != count_params(pruned):
         raise RuntimeError(f"{yaml_path} rebuilds {count_params(rebuilt):,} parameters, not {count_params(pruned):,}")
-    s = int(pruned.stride.max())
-    x = torch.rand(1, pruned.yaml.get("ch", 3), 2 * s, 2 * s, generator=torch.Generator().manual_seed(0))
+    s = probe_size(pruned)
+    x = torch.rand(1, pruned.yaml.get("ch", 3), s, s, generator=torch.Generator().manual_seed(0))
     a, b = pruned.eval()(x)[0], rebuilt(x)[0]
     if not torch.allclose(a, b, atol=1e-5, rtol=1e-5):
         raise RuntimeError(f"{yaml_path}: the rebuilt model's output differs by {(a - b).abs().max():.3g}")

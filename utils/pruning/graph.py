@@ -226,14 +226,19 @@ def _record(counts: dict[str, int], name: str, module: nn.Module, inputs, output
         counts[name] = output.shape[1]
 
 
+def probe_size(model: nn.Module) -> int:
+    """Side of the small square image the channel analyses run through a model: two strides of its deepest level."""
+    stride = getattr(model, "stride", None)
+    return 2 * (int(stride.max()) if stride is not None else 32)
+
+
 def _dry_run_channels(model: nn.Module, ch: int) -> dict[str, int]:
     """Output channels of every named module, from one forward pass of a small zero image in eval mode."""
     counts: dict[str, int] = {}
     handles = [mod.register_forward_hook(partial(_record, counts, name)) for name, mod in model.named_modules() if name]
     modes = [(mod, mod.training) for mod in model.modules()]
     p = next(model.parameters())
-    stride = getattr(model, "stride", None)
-    s = 2 * (int(stride.max()) if stride is not None else 32)
+    s = probe_size(model)
     try:
         model.eval()  # train-mode BN would update running statistics
         with torch.no_grad():

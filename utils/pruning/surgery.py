@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from utils.pruning.graph import build_groups
+from utils.pruning.graph import build_groups, probe_size
 from utils.pruning.groups import ChannelGroup
 
 __all__ = ["prune_channels", "removed_channels", "soft_prune"]
@@ -86,8 +86,7 @@ def _removed_input_constants(model: nn.Module, groups, removed) -> dict[str, tup
     store: dict[str, torch.Tensor] = {}
     hooks = [modules[c].register_forward_pre_hook(partial(_capture, store, c, i)) for c, i in idx.items()]
     ch = getattr(model, "yaml", {}).get("ch", 3)
-    stride = getattr(model, "stride", None)
-    s = 2 * (int(stride.max()) if stride is not None else 32)
+    s = probe_size(model)
     try:
         with torch.no_grad():
             calib(torch.zeros(1, ch, s, s, device=p.device, dtype=next(calib.parameters()).dtype))
