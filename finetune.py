@@ -6,7 +6,8 @@
 
 The model is rebuilt from the yaml stored in the checkpoint (a pruned model's own widths), so there is no --cfg;
 its anchors are kept (pass --autoanchor to recompute them). With --teacher, the unpruned model's outputs are soft
-targets (utils/distill.py) and results.csv gains train/kd_loss. Outputs go to runs/finetune/exp.
+targets (utils/distill.py) and results.csv gains train/kd_loss. A checkpoint from `prune.py --method unstructured`
+keeps its zero weights: they are re-applied after every optimizer step. Outputs go to runs/finetune/exp.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 import argparse
 
 import train
-from utils.checkpoint import load_model
+from utils.checkpoint import load_checkpoint, load_model
 from utils.distill import Distillation
+from utils.engine import Hook
 from utils.errors import UserError, cli
+from utils.log import LOGGER
+from utils.pruning.unstructured import KeepZeros
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,16 +34,23 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     if opt.cfg:
         raise UserError("finetune.py builds the model from the checkpoint's own yaml: drop --cfg "
                         "(train.py --cfg ... --weights ... transfers weights into another architecture)")
+    if not opt.resume:  # a resumed run keeps the choice it saved
+        opt.keep_zeros = (load_checkpoint(opt.weights).get("prune") or {}).get("method") == "unstructured"
     return opt
 
 
-def distillation(opt: argparse.Namespace) -> list[Distillation]:
-    """The hook for --teacher, from the resolved options (a resumed run keeps its own teacher)."""
-    return [Distillation(load_model(opt.teacher), opt.kd)] if getattr(opt, "teacher", "") else []
+def hooks(opt: argparse.Namespace) -> list[Hook]:
+    """--teacher's distillation and an unstructured checkpoint's zeros, from the resolved options (a resumed run's
+    saved ones)."""
+    out: list[Hook] = [Distillation(load_model(opt.teacher), opt.kd)] if getattr(opt, "teacher", "") else []
+    if getattr(opt, "keep_zeros", False):
+        LOGGER.info("finetune: the checkpoint was pruned unstructured; its zero weights stay zero")
+        out.append(KeepZeros())
+    return out
 
 
 def run(opt: argparse.Namespace) -> dict:
-    return train.run(opt, distillation)
+    return train.run(opt, hooks)
 
 
 @cli

@@ -3,6 +3,10 @@
     python prune.py --weights last.pt --percent 0.6              # the newest runs/*/*/weights/last.pt if not here
     python prune.py --weights runs/train-sparse/exp/weights/last.pt --percent 0.5 --data data/synthetic.yaml
     python prune.py --weights last.pt --percent 0.5 --round 8 --skip-shortcut
+    python prune.py --weights best.pt --method l1 --flops-target 0.5          # filter norms, half the GFLOPs
+    python prune.py --weights best.pt --method eagleeye --flops-target 0.5 --data data/coco128.yaml
+    python prune.py --weights last.pt --method layer+slim --layers 2 --percent 0.4
+    python prune.py --weights best.pt --method unstructured --percent 0.7     # zeros, same shapes
 
 Channels are ranked by |gamma| of their BatchNorm with one global threshold; channels that must stay aligned (a
 residual add's inputs, depth-wise convs) form groups scored as one. No layer is emptied (--min-channels); the
@@ -10,6 +14,10 @@ constant output act(beta) of removed channels is folded into their consumers. Wr
 pruned.pt (a normal checkpoint: val.py, detect.py, finetune.py and prune.py take it), pruned.yaml (every width
 explicit; `train.py --cfg pruned.yaml` trains it from scratch), report.md, report.json and channels.png.
 With --data, the model is evaluated before and after pruning. Next: python finetune.py --weights .../pruned.pt
+
+Methods: slim (|gamma|, after train_sparse.py), l1 (filter L1 norms, no sparse training), eagleeye (random widths at
+--flops-target scored after adaptive BN on held-out training images; needs --data), layer (--layers N residual
+bottlenecks with the smallest gammas; layer+slim then slims), unstructured (weights, not channels).
 """
 
 from __future__ import annotations
@@ -23,15 +31,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import numpy as np
+
 import val
 from models.yolo import DetectionModel
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.data import check_dataset
+from utils.dataloaders import create_dataloader
 from utils.errors import UserError, cli
 from utils.files import increment_path, yaml_load
+from utils.labels import list_images
 from utils.log import LOGGER, colorstr
+from utils.pruning.eagleeye import plot_candidates
 from utils.pruning.graph import probe_size
-from utils.pruning.pruner import METHODS, PruneResult, PruneSettings, prune_model
+from utils.pruning.pruner import METHODS, NEEDS_DATA, PruneResult, PruneSettings, prune_model
 from utils.pruning.report import EVAL_KEYS, plot_channels, write_report
 from utils.pruning.yaml_writer import save_model_yaml
 from utils.torch_utils import count_params, model_flops, select_device
@@ -71,7 +84,34 @@ def resolve_weights(w: str) -> Path:
 
 def describe(model: nn.Module, imgsz: int) -> dict:
     bn = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    return {"params": count_params(model), "GFLOPs": round(model_flops(model, imgsz), 4), "bn_channels": bn}
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    zeros = sum(int((w == 0).sum()) for w in convs) / max(sum(w.numel() for w in convs), 1)
+    return {"params": count_params(model), "GFLOPs": round(model_flops(model, imgsz), 4), "bn_channels": bn,
+            "zero_share": round(zeros, 6)}
+
+
+def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> tuple[list[torch.Tensor], object]:
+    """EagleEye's data from the training split: --calib-batches batches for adaptive BN and a scorer (mAP50) on
+    held-out images (a fifth of the split, at most 500, drawn with --seed; calibration never sees them)."""
+    files = list_images(data["train"])
+    if len(files) < 2:
+        raise UserError(f"{opt.data}: eagleeye needs at least 2 training images (calibration and held-out)")
+    order = np.random.default_rng(opt.seed).permutation(len(files))
+    n_hold = min(max(len(files) // 5, 1), 500)
+    hold, rest = [files[i] for i in order[:n_hold]], [files[i] for i in order[n_hold:]]
+    stride = max(int(model.stride.max()), 32)
+    calib_loader = create_dataloader(rest, opt.imgsz, opt.batch_size, stride, shuffle=True, workers=opt.workers,
+                                     nc=data["nc"], seed=opt.seed, prefix=colorstr("calib: "))[0]
+    calib = []
+    for imgs, *_ in calib_loader:
+        calib.append(imgs.float() / 255)
+        if len(calib) == opt.calib_batches:
+            break
+    hold_loader = create_dataloader(hold, opt.imgsz, opt.batch_size, stride, rect=True, pad=0.5, workers=opt.workers,
+                                    nc=data["nc"], prefix=colorstr("held-out: "))[0]
+    LOGGER.info(f"{PREFIX}eagleeye: {len(calib)} calibration batches from {len(rest)} training images, "
+                f"scored on {len(hold)} held-out ones")
+    return calib, lambda m: val.evaluate_model(m, hold_loader, m.names)["mAP50"]
 
 
 @torch.no_grad()
@@ -105,64 +145,102 @@ def print_summary(rec: dict) -> None:
     rows = [("parameters", f"{b['params']:,}", f"{a['params']:,}", a["params"] / b["params"]),
             (f"GFLOPs@{rec['imgsz']}", f"{b['GFLOPs']:.2f}", f"{a['GFLOPs']:.2f}", a["GFLOPs"] / b["GFLOPs"]),
             ("BN channels", f"{b['bn_channels']:,}", f"{a['bn_channels']:,}", a["bn_channels"] / b["bn_channels"])]
+    if s["method"] == "unstructured":
+        rows.append(("zero weights", f"{b['zero_share']:.2%}", f"{a['zero_share']:.2%}", float("nan")))
     if "eval" in b:
         rows += [(k, f"{b['eval'][k]:.3f}", f"{a['eval'][k]:.3f}",
                   a["eval"][k] / b["eval"][k] if b["eval"][k] else float("nan")) for k in EVAL_KEYS]
-    LOGGER.info(f"\n{PREFIX}{s['method']} --percent {s['percent']:g}: threshold {s['threshold']:.4g}, "
-                f"{s['removed_share']:.1%} of group channels removed (safe maximum {s['safe_percent']:.3f})")
+    LOGGER.info(f"\n{PREFIX}{rec['command']}: {_decision(s)}")
     LOGGER.info(f"{'':<14}{'before':>14}{'after':>14}{'ratio':>8}")
     for name, x, y, r in rows:
-        LOGGER.info(f"{name:<14}{x:>14}{y:>14}{r:>8.3f}")
+        LOGGER.info(f"{name:<14}{x:>14}{y:>14}" + (f"{r:>8.3f}" if r == r else f"{'-':>8}"))
 
 
-def run(opt: argparse.Namespace) -> dict:
-    t0 = time.time()
-    settings = PruneSettings(opt.method, opt.percent, opt.skip_shortcut, opt.min_channels, opt.round,
-                             opt.group_score)
+def _decision(s: dict) -> str:
+    """One line on what the method decided."""
+    if s["method"] == "unstructured":
+        return f"{s['zero_share']:.2%} of conv weights are zero; dense kernels do not run faster (see report.md)"
+    text = f"removed {len(s['removed_blocks'])} bottleneck(s)" if "removed_blocks" in s else ""
+    if s["method"] == "layer":
+        return text
+    if s["method"] == "eagleeye":
+        c = s["candidates"][s["best"]]
+        text += (f"best of {len(s['candidates'])} candidates: mAP50 {c['score_adaptive']:.3f} on held-out images after "
+                 f"adaptive BN ({c['score_inherited']:.3f} before); mean adaptive-BN gain {s['adaptive_bn_gain']:+.3f}")
+    else:
+        text += (", " if text else "") + (f"percent {s['percent_used']:.4f} for the FLOPs target, " if "percent_used"
+                                          in s else "") + f"threshold {s['threshold']:.4g}"
+    return text + (f", {s['removed_share']:.1%} of group channels removed (safe maximum {s['safe_percent']:.3f})"
+                   if s["method"] != "eagleeye" else f", {s['removed_share']:.1%} of group channels removed")
+
+
+def settings_from(opt: argparse.Namespace) -> PruneSettings:
+    settings = PruneSettings(opt.method, opt.percent, opt.skip_shortcut, opt.min_channels, opt.round, opt.group_score,
+                             opt.flops_target, opt.layers, opt.candidates, opt.calib_batches, opt.seed, opt.imgsz)
     try:
         settings.check()
     except ValueError as e:
         raise UserError(str(e)) from None
+    if opt.method in NEEDS_DATA and not opt.data:
+        raise UserError(f"--method {opt.method} needs --data (it scores candidates on held-out training images)")
+    return settings
+
+
+def command(opt: argparse.Namespace) -> str:
+    """The flags that decided this pruning, as a user would type them."""
+    s = f"--method {opt.method}"
+    s += f" --flops-target {opt.flops_target:g}" if opt.flops_target else \
+        ("" if opt.method in ("eagleeye", "layer") else f" --percent {opt.percent:g}")
+    s += f" --layers {opt.layers}" if opt.method.startswith("layer") else ""
+    s += f" --candidates {opt.candidates} --calib-batches {opt.calib_batches}" if opt.method == "eagleeye" else ""
+    return s + (" --skip-shortcut" if opt.skip_shortcut else "") + (f" --round {opt.round}" if opt.round > 1 else "")
+
+
+def run(opt: argparse.Namespace) -> dict:
+    t0 = time.time()
+    settings = settings_from(opt)
     weights = resolve_weights(opt.weights)
     ckpt = load_checkpoint(weights)
     model = model_from_checkpoint(ckpt).eval()
-    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-        raise UserError(f"{weights}: the model has no BatchNorm layers (fused?); slimming needs them")
+    if opt.method != "unstructured" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        raise UserError(f"{weights}: the model has no BatchNorm layers (fused?); channel pruning needs them")
     device = select_device(opt.device)
     data = check_dataset(opt.data, splits=()) if opt.data else None
-    loader = None
+    loader, calib, score = None, [], None
     if data:
         if len(model.names) != data["nc"]:
             raise UserError(f"{weights} predicts {len(model.names)} classes but {opt.data} has nc={data['nc']}")
         stride = max(int(model.stride.max()), 32)
         loader = val.val_loader(data, "val", opt.imgsz, opt.batch_size, stride, opt.workers, source=opt.data)
-    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+        if opt.method == "eagleeye":
+            calib, score = search_data(data, opt, model)
 
     before = describe(model, opt.imgsz)
     if loader is not None:
         LOGGER.info(f"{PREFIX}evaluating {weights.name} before pruning")
         before["eval"] = evaluate(model.to(device), loader, model.names)
         model = model.cpu()
-    result = prune_model(model, settings)
+    try:
+        result = prune_model(model, settings, calib, score)
+    except ValueError as e:  # a target the model cannot reach, more layers than it has
+        raise UserError(str(e)) from None
     pruned = result.model
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     after = describe(pruned, opt.imgsz)
     if loader is not None:
         LOGGER.info(f"{PREFIX}evaluating the pruned model")
         after["eval"] = evaluate(pruned.to(device), loader, pruned.names)
         pruned = pruned.cpu()
 
-    header = (f"Pruned from {weights} by prune.py --method {opt.method} --percent {opt.percent:g}"
-              f"{' --skip-shortcut' if opt.skip_shortcut else ''} ({datetime.now():%Y-%m-%d}).\n"
+    header = (f"Pruned from {weights} by prune.py {command(opt)} ({datetime.now():%Y-%m-%d}).\n"
               "Every width is explicit (exact_widths); C3/SPPF inner widths are the trailing {...} argument.\n"
               "Train from scratch: python train.py --cfg pruned.yaml --weights ''")
-    notes = _layer_notes(result.layers, len(pruned.model))
-    save_model_yaml(save_dir / "pruned.yaml", pruned.yaml, header, notes)
+    save_model_yaml(save_dir / "pruned.yaml", pruned.yaml, header, _layer_notes(result.layers, len(pruned.model)))
     check_rebuild(pruned, save_dir / "pruned.yaml")
     rec = {"weights": str(weights), "save_dir": str(save_dir), "imgsz": opt.imgsz, "data": opt.data or None,
-           "eval_split": "val" if data else None, "settings": result.summary(), "before": before, "after": after,
-           "layers": result.layers, "seconds": 0.0}
-    plot_channels(result.layers, save_dir / "channels.png",
-                  f"{weights.name}: {opt.method} --percent {opt.percent:g} (threshold {result.threshold:.3g})")
+           "eval_split": "val" if data else None, "command": command(opt), "settings": result.summary(),
+           "before": before, "after": after, "layers": result.layers, "seconds": 0.0}
+    _plots(result, save_dir, f"{weights.name}: {command(opt)}")
     save_checkpoint(checkpoint(pruned, result, opt, ckpt), save_dir / "pruned.pt")
     rec["seconds"] = round(time.time() - t0, 2)
     write_report(save_dir, rec)
@@ -171,27 +249,51 @@ def run(opt: argparse.Namespace) -> dict:
         LOGGER.warning(f"{PREFIX}WARNING: {len(result.clamped)} layer(s) had every channel below the threshold and "
                        f"keep --min-channels {opt.min_channels} (largest safe percent {result.safe_percent:.3f})")
     LOGGER.info(f"{PREFIX}done in {rec['seconds']:.1f}s. Results saved to {colorstr('bold', str(save_dir))} "
-                f"(pruned.pt, pruned.yaml, report.md, report.json, channels.png)\n"
+                f"(pruned.pt, pruned.yaml, report.md, report.json, {_plot_names(opt.method)})\n"
                 f"Next: python finetune.py --weights {save_dir / 'pruned.pt'}"
                 f"{' --data ' + opt.data if opt.data else ''}")
     return rec
 
 
+def _plot_names(method: str) -> str:
+    return "channels.png, candidates.png" if method == "eagleeye" else "channels.png"
+
+
+def _plots(result: PruneResult, save_dir: Path, title: str) -> None:
+    if result.settings.method == "unstructured":
+        rows = [{"name": x["name"], "channels": x["weights"], "kept": x["weights"] - x["zeros"]} for x in result.layers]
+        plot_channels(rows, save_dir / "channels.png", title, unit="weights")
+        return
+    plot_channels(result.layers, save_dir / "channels.png", title)
+    if result.settings.method == "eagleeye":
+        cands = result.details["candidates"]
+        plot_candidates(cands, result.details["best"], save_dir / "candidates.png")
+
+
 def _layer_notes(layers: list[dict], n: int) -> list[str]:
-    """'kept a/b BN channels' after each of the n yaml layers whose BN widths changed (from the per-BN table)."""
-    kept, total = [0] * n, [0] * n
+    """'kept a/b BN channels' (or 'zeros a/b conv weights') after each of the n yaml layers that changed."""
+    zeros = bool(layers) and "zeros" in layers[0]
+    a, total = [0] * n, [0] * n
     for x in layers:  # names are model.<layer>.<...>
         i = int(x["name"].split(".")[1])
-        kept[i] += x["kept"]
-        total[i] += x["channels"]
-    return [f"kept {k}/{t} BN channels" if k != t else "" for k, t in zip(kept, total)]
+        a[i] += x["zeros"] if zeros else x["kept"]
+        total[i] += x["weights"] if zeros else x["channels"]
+    if zeros:
+        return [f"zeros {k}/{t} conv weights" if k else "" for k, t in zip(a, total)]
+    return [f"kept {k}/{t} BN channels" if k != t else "" for k, t in zip(a, total)]
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, default="last.pt", help="checkpoint to prune (bare name: newest in runs/)")
     p.add_argument("--percent", type=fraction, default=0.5, help="share of prunable channels to remove, in [0, 1)")
-    p.add_argument("--method", default="slim", choices=METHODS, help="channel importance")
+    p.add_argument("--method", default="slim", choices=METHODS, help="what decides the cut (see above)")
+    p.add_argument("--flops-target", type=float, default=0.0,
+                   help="keep this share of the GFLOPs instead of --percent (slim, l1, layer+slim; eagleeye needs it)")
+    p.add_argument("--layers", type=int, default=0, help="layer, layer+slim: residual bottlenecks to remove")
+    p.add_argument("--candidates", type=int, default=20, help="eagleeye: random sub-nets to evaluate")
+    p.add_argument("--calib-batches", type=int, default=8, help="eagleeye: training batches for adaptive BN")
+    p.add_argument("--seed", type=int, default=0, help="eagleeye: seed of the draws and of the held-out split")
     p.add_argument("--skip-shortcut", action="store_true", help="leave channels tied by residual adds unpruned")
     p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a layer")
     p.add_argument("--round", type=int, default=1, help="round each kept width up to a multiple of this (8 for GPUs)")

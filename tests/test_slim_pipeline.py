@@ -30,3 +30,32 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path):
     commands = (run_dir / "commands.sh").read_text().splitlines()
     assert [c.split()[1] for c in commands] == ["train.py", "train_sparse.py", "prune.py", "finetune.py",
                                                 "finetune.py", "val.py"]
+
+
+def test_methods_benchmark_compares_at_one_flops_target(tmp_path):
+    import methods
+    import torch
+
+    from models.yolo import DetectionModel
+    from test_prune import _save, _spread_gammas
+
+    data = make_dataset(tmp_path / "data", n=8, nc=2, size=(64, 80))
+    torch.manual_seed(0)
+    w = _save(_spread_gammas(DetectionModel("yolov5n.yaml", nc=2)), tmp_path / "base.pt")
+    out = methods.main(["--weights", str(w), "--data", str(data), "--methods", "l1", "eagleeye", "unstructured",
+                        "--flops-target", "0.6", "--candidates", "2", "--calib-batches", "1", "--imgsz", "64",
+                        "--batch-size", "4", "--finetune-epochs", "1", "--workers", "0", "--device", "cpu",
+                        "--project", str(tmp_path / "runs")])
+    rows = {r["method"]: r for r in out["rows"]}
+    base = out["base"]
+    for m in ("l1", "eagleeye"):
+        assert abs(rows[m]["GFLOPs"] / base["GFLOPs"] - 0.6) <= 0.6 * 0.02
+    assert rows["unstructured"]["params"] == base["params"]
+    assert abs(rows["unstructured"]["zero_share"] - 0.4) < 1e-3
+    run_dir = tmp_path / "runs" / "exp"
+    metrics = json.loads((run_dir / "compare" / "metrics.json").read_text())
+    assert [r["finetuned"]["mAP50"] for r in out["rows"]] == [m["mAP50"] for m in metrics[1:]]
+    assert all(r["b1_ms"] > 0 for r in out["rows"])
+    commands = (run_dir / "commands.sh").read_text().splitlines()
+    assert [c.split()[1] for c in commands] == ["prune.py", "finetune.py"] * 3 + ["val.py"]
+    assert "| eagleeye |" in (run_dir / "summary.md").read_text()

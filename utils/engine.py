@@ -65,6 +65,9 @@ class Hook:
     def after_backward(self, state: TrainState) -> None:
         """Before each optimizer step: gradients are accumulated and, under AMP, already unscaled."""
 
+    def after_step(self, state: TrainState) -> None:
+        """After each optimizer step, before the EMA follows it."""
+
     def on_epoch_end(self, state: TrainState) -> None:
         """After an epoch's last optimizer step, before validation and checkpoints."""
 
@@ -126,6 +129,8 @@ def train_one_epoch(state: TrainState, loader, compute_loss, warmup: Warmup, sca
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad()
+            for h in hooks:
+                h.after_step(state)
             if state.ema is not None:
                 state.ema.update(model)
             last_step = ni

@@ -8,10 +8,13 @@ from pathlib import Path
 from utils.files import atomic_write
 
 EVAL_KEYS = ("P", "R", "mAP50", "mAP50-95")
+DENSE_NOTE = ("Unstructured zeros do not make dense kernels faster or the model smaller in memory: the shapes are "
+              "unchanged and zeros are multiplied like any other number. Speed needs a sparse runtime; size needs "
+              "compression (the zeros compress well).")
 
 
 def write_report(save_dir: Path, record: dict) -> None:
-    """record: what prune.py measured (see prune.py's `report_record`); writes report.json and report.md."""
+    """record: what prune.py measured (see prune.py's `run`); writes report.json and report.md."""
     atomic_write(save_dir / "report.json", lambda f: json.dump(record, f, indent=2), mode="w")
     atomic_write(save_dir / "report.md", lambda f: f.write(markdown(record)), mode="w")
 
@@ -20,50 +23,83 @@ def _ratio(a: float, b: float) -> str:
     return f"{b / a:.3f}x" if a else "-"
 
 
+def _method_lines(s: dict, b: dict, a: dict) -> list[str]:
+    m = s["method"]
+    if m == "unstructured":
+        return [f"Method `unstructured`: the {s['percent']:.1%} smallest conv weights (global L1 magnitude) set to "
+                f"zero; {s['zeros']:,} of {s['conv_weights']:,} conv weights are zero ({s['zero_share']:.2%}).",
+                "", DENSE_NOTE]
+    lines = []
+    if "removed_blocks" in s:
+        lines.append(f"Removed {len(s['removed_blocks'])} residual bottleneck(s) (mean |gamma|): " + ", ".join(
+            f"{x['name']} ({x['score']:.3g})" for x in s["removed_blocks"]) + ".")
+    if m == "layer":
+        return lines
+    if s.get("flops_target"):
+        lines.append(f"FLOPs target {s['flops_target']:g} of the original ({s['target_GFLOPs']:.3f} GFLOPs); "
+                     + (f"percent {s['percent_used']:.4f} lands on it." if "percent_used" in s else ""))
+    if m == "eagleeye":
+        c = s["candidates"][s["best"]]
+        lines.append(f"Method `eagleeye`: {len(s['candidates'])} random sub-nets at the target, {s['calib_batches']} "
+                     f"calibration batches for adaptive BN, scored by mAP50 on held-out training images. Chosen: "
+                     f"candidate {s['best']} (mAP50 {c['score_inherited']:.3f} with inherited BN statistics, "
+                     f"{c['score_adaptive']:.3f} after adaptive BN). Mean gain from adaptive BN over the candidates: "
+                     f"{s['adaptive_bn_gain']:+.3f}.")
+    else:
+        pct = s.get("percent_used", s["percent"])
+        lines += [f"Method `{m}`, percent {pct:.4g}, threshold {s['threshold']:.4g} (channels scoring below it "
+                  f"removed), group score `{s['group_score']}`, skip shortcut {s['skip_shortcut']}, min channels "
+                  f"{s['min_channels']}, round to {s['round_to']}.",
+                  f"Largest safe percent (no layer emptied by the threshold alone): {s['safe_percent']:.3f}."]
+    lines.append(f"Removed {s['group_channels'] - s['group_channels_kept']} of {s['group_channels']} group channels "
+                 f"({s['removed_share']:.1%}); BN channels {b['bn_channels']} -> {a['bn_channels']}.")
+    return lines
+
+
 def markdown(r: dict) -> str:
     s, b, a = r["settings"], r["before"], r["after"]
-    lines = [
-        f"# Pruning report: {r['weights']}",
-        "",
-        f"Method `{s['method']}`, percent {s['percent']}, threshold {s['threshold']:.4g} "
-        f"(channels scoring below it removed), group score `{s['group_score']}`, skip shortcut "
-        f"{s['skip_shortcut']}, min channels {s['min_channels']}, round to {s['round_to']}.",
-        f"Largest safe percent (no layer emptied by the threshold alone): {s['safe_percent']:.3f}.",
-        f"Removed {s['group_channels'] - s['group_channels_kept']} of {s['group_channels']} group channels "
-        f"({s['removed_share']:.1%}); BN channels {b['bn_channels']} -> {a['bn_channels']}.",
-        "",
-        "| | before | after | ratio |",
-        "|---|---|---|---|",
-        f"| parameters | {b['params']:,} | {a['params']:,} | {_ratio(b['params'], a['params'])} |",
-        f"| GFLOPs at {r['imgsz']} | {b['GFLOPs']:.2f} | {a['GFLOPs']:.2f} | {_ratio(b['GFLOPs'], a['GFLOPs'])} |",
-    ]
+    lines = [f"# Pruning report: {r['weights']}", "", *_method_lines(s, b, a), "",
+             "| | before | after | ratio |", "|---|---|---|---|",
+             f"| parameters | {b['params']:,} | {a['params']:,} | {_ratio(b['params'], a['params'])} |",
+             f"| GFLOPs at {r['imgsz']} | {b['GFLOPs']:.2f} | {a['GFLOPs']:.2f} | {_ratio(b['GFLOPs'], a['GFLOPs'])} |"]
     if "eval" in b:
         for k in EVAL_KEYS:
             lines.append(f"| {k} | {b['eval'][k]:.3f} | {a['eval'][k]:.3f} | {_ratio(b['eval'][k], a['eval'][k])} |")
         lines.append(f"\nEvaluated on `{r['data']}` ({r['eval_split']} split) at {r['imgsz']}.")
-    if s["clamped_layers"]:
+    if s.get("clamped_layers"):
         lines.append(f"\nKept at --min-channels although every channel scored below the threshold: "
                      f"{', '.join(s['clamped_layers'])}.")
-    lines += ["", "## Channels per layer", "", "| layer | kept | total | kept share |", "|---|---|---|---|"]
-    lines += [f"| {x['name']} | {x['kept']} | {x['channels']} | {x['kept'] / x['channels']:.2f} |"
-              for x in r["layers"]]
+    if s["method"] == "eagleeye":
+        lines += ["", "## Candidates", "", "| # | GFLOPs | mAP50 inherited BN | mAP50 adaptive BN |",
+                  "|---|---|---|---|"]
+        lines += [f"| {i}{' (chosen)' if i == s['best'] else ''} | {c['gflops']:.3f} | {c['score_inherited']:.4f} | "
+                  f"{c['score_adaptive']:.4f} |" for i, c in enumerate(s["candidates"])]
+    if s["method"] == "unstructured":
+        lines += ["", "## Zero weights per conv", "", "| conv | zeros | weights | zero share |", "|---|---|---|---|"]
+        lines += [f"| {x['name']} | {x['zeros']} | {x['weights']} | {x['zeros'] / x['weights']:.2f} |"
+                  for x in r["layers"]]
+    else:
+        lines += ["", "## Channels per layer", "", "| layer | kept | total | kept share |", "|---|---|---|---|"]
+        lines += [f"| {x['name']} | {x['kept']} | {x['channels']} | {x['kept'] / x['channels']:.2f} |"
+                  for x in r["layers"]]
     return "\n".join(lines) + "\n"
 
 
-def plot_channels(layers: list[dict], save_path: Path, title: str = "") -> None:
-    """Kept vs removed channels of every BN layer, in model order."""
+def plot_channels(layers: list[dict], save_path: Path, title: str = "", unit: str = "channels") -> None:
+    """Kept vs removed channels of every BN layer (or weights of every conv), in model order."""
     from utils.plots import plt
 
     n = len(layers)
     fig, ax = plt.subplots(figsize=(max(8.0, 0.22 * n), 4.5), tight_layout=True)
     x = range(n)
-    kept = [d["kept"] for d in layers]
     ax.bar(x, [d["channels"] for d in layers], color="#d9d9d9", label="removed")
-    ax.bar(x, kept, color="#1f77b4", label="kept")
+    ax.bar(x, [d["kept"] for d in layers], color="#1f77b4", label="kept")
     ax.set_xticks(list(x))
     ax.set_xticklabels([d["name"].removeprefix("model.") for d in layers], rotation=90, fontsize=6)
-    ax.set_ylabel("channels")
-    ax.set_title(title or "channels kept per layer")
+    ax.set_ylabel(unit)
+    if unit != "channels":
+        ax.set_yscale("log")
+    ax.set_title(title or f"{unit} kept per layer")
     ax.legend()
     fig.savefig(save_path, dpi=150)
     plt.close(fig)

@@ -1,0 +1,186 @@
+"""prune.py's other methods: l1, eagleeye, layer, layer+slim, unstructured, and FLOPs targets. Each result rebuilds
+from its yaml, lands on its FLOPs target, empties no layer, and reports the scores of the model it saved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import finetune
+import prune
+from conftest import assert_one_line_error, make_dataset, run_script, shared_path
+from models.yolo import DetectionModel
+from test_prune import _raw, _save, _spread_gammas
+from test_train import tiny_args
+from utils.checkpoint import load_checkpoint, load_model
+from utils.pruning.flops import ChannelCost
+from utils.pruning.graph import build_groups
+from utils.pruning.l1 import filter_norms, l1_scores
+from utils.pruning.layer import residual_blocks
+from utils.pruning.pruner import PruneSettings, prune_model
+from utils.pruning.surgery import prune_channels
+from utils.torch_utils import count_params, model_flops
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def n_model():
+    torch.manual_seed(0)
+    return _spread_gammas(DetectionModel("yolov5n.yaml", nc=3))
+
+
+def _rebuilds(model: nn.Module) -> None:
+    """The model's own yaml rebuilds it: same parameters, strict load, same output."""
+    rebuilt = DetectionModel(model.yaml).eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert count_params(rebuilt) == count_params(model)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_raw(rebuilt, x), _raw(model, x)))
+
+
+def _no_empty_layer(model: nn.Module) -> None:
+    assert all(m.num_features >= 1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(m.out_channels >= 1 and m.in_channels >= 1 for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5s-ghost.yaml"])
+def test_channel_cost_matches_the_profiled_pruned_model(cfg):
+    m = DetectionModel(cfg, nc=80).eval()
+    groups = build_groups(m)
+    cost = ChannelCost(m, groups, 320)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        keep = {k: torch.randperm(x.channels, generator=g)[:int(torch.randint(1, x.channels + 1, (1,), generator=g))]
+                for k, x in enumerate(groups)}
+        pruned = prune_channels(m, keep, groups)
+        assert cost.gflops([len(keep[k]) for k in range(len(groups))]) == pytest.approx(model_flops(pruned, 320),
+                                                                                        rel=2e-3)
+    assert cost.gflops(cost.full) == pytest.approx(model_flops(m, 320), rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["slim", "l1", "layer+slim"])
+def test_flops_target_is_met(n_model, method):
+    res = prune_model(n_model, PruneSettings(method=method, flops_target=0.5, layers=2, imgsz=320))
+    ratio = model_flops(res.model, 320) / model_flops(n_model, 320)
+    assert 0.48 <= ratio <= 0.5 + 1e-3  # the smallest percent at or under the target
+    _no_empty_layer(res.model)
+    _rebuilds(res.model)
+
+
+def test_l1_scores_are_filter_norms_over_the_group_mean(n_model):
+    groups = build_groups(n_model)
+    modules = dict(n_model.named_modules())
+    residual = next(g for g in groups if g.residual)
+    k = groups.index(residual)
+    by_hand = sum(modules[m.conv].weight[m.offset:m.offset + residual.channels].abs().sum((1, 2, 3))
+                  for m in residual.members)
+    assert torch.allclose(filter_norms(n_model, groups)[k], by_hand.detach())
+    assert torch.allclose(l1_scores(n_model, groups)[k], (by_hand / by_hand.mean()).detach())
+    res = prune_model(n_model, PruneSettings(method="l1", percent=0.4))
+    assert res.clamped == [] and sum(len(v) for v in res.keep.values()) == pytest.approx(0.6 * sum(
+        g.channels for g in groups), abs=1)
+    _rebuilds(res.model)
+
+
+def test_layer_removes_the_lowest_gamma_bottlenecks(n_model):
+    blocks = residual_blocks(n_model)
+    assert len(blocks) == 1 + 2 + 3 + 1  # yolov5n's backbone C3s
+    lowest = sorted(blocks, key=lambda b: b.score)[:2]
+    res = prune_model(n_model, PruneSettings(method="layer", layers=2))
+    assert [b["name"] for b in res.details["removed_blocks"]] == sorted(b.name for b in lowest)
+    ref = _identity_blocks(n_model, lowest)  # the same model with those blocks passing x through
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_raw(res.model, x), _raw(ref, x)))
+    assert sum(len(layer.m) for layer in res.model.model if hasattr(layer, "m") and hasattr(layer, "cv3")) == \
+        sum(len(layer.m) for layer in n_model.model if hasattr(layer, "m") and hasattr(layer, "cv3")) - 2
+    _rebuilds(res.model)
+
+
+def _identity_blocks(model: nn.Module, blocks) -> nn.Module:
+    from copy import deepcopy
+
+    out = deepcopy(model)
+    for b in blocks:
+        out.model[b.layer].m[b.index] = nn.Identity()
+    return out
+
+
+def test_unstructured_sparsity_is_in_the_file_and_survives_finetuning(tmp_path, n_model):
+    data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
+    w = _save(n_model, tmp_path / "n.pt")
+    rec = prune.main(["--weights", str(w), "--method", "unstructured", "--percent", "0.6", "--imgsz", "64",
+                      "--project", str(tmp_path / "p")])
+    out = Path(rec["save_dir"])
+    saved = load_model(out / "pruned.pt")
+    convs = [m.weight for m in saved.modules() if isinstance(m, nn.Conv2d)]
+    counted = sum(int((c == 0).sum()) for c in convs) / sum(c.numel() for c in convs)
+    assert rec["settings"]["zero_share"] == pytest.approx(counted, abs=1e-9)
+    assert counted == pytest.approx(0.6, abs=1e-3)
+    assert count_params(saved) == count_params(n_model)
+    assert "do not make dense kernels faster" in (out / "report.md").read_text()
+    args = [a for a in tiny_args(tmp_path, data, "--noplots", epochs=1) if a not in ("--cfg", "yolov5n.yaml")]
+    ft = finetune.main(["--weights", str(out / "pruned.pt"), *args, "--name", "ft"])
+    tuned = load_model(ft["last"])
+    for a, b in zip(convs, [m.weight for m in tuned.modules() if isinstance(m, nn.Conv2d)]):
+        assert torch.all(b[a == 0] == 0)  # every pruned weight is still zero
+    assert not torch.equal(convs[0], [m.weight for m in tuned.modules() if isinstance(m, nn.Conv2d)][0])  # it trained
+
+
+def test_ghost_prunes_by_l1_and_finetunes(tmp_path):
+    torch.manual_seed(0)
+    m = _spread_gammas(DetectionModel("yolov5s-ghost.yaml", nc=3))
+    data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
+    w = _save(m, tmp_path / "g.pt")
+    rec = prune.main(["--weights", str(w), "--method", "l1", "--flops-target", "0.5", "--imgsz", "64",
+                      "--project", str(tmp_path / "p")])
+    assert rec["after"]["GFLOPs"] / rec["before"]["GFLOPs"] == pytest.approx(0.5, abs=0.02)
+    args = [a for a in tiny_args(tmp_path, data, "--noplots", epochs=1) if a not in ("--cfg", "yolov5n.yaml")]
+    ft = finetune.main(["--weights", str(Path(rec["save_dir"]) / "pruned.pt"), *args, "--name", "ft"])
+    assert count_params(load_model(ft["last"])) == rec["after"]["params"]
+
+
+def test_eagleeye_on_the_upstream_fixture(tmp_path, shapes_yaml):
+    w = shared_path("fixtures", "upstream-yolov5n-shapes.pt")
+    rec = prune.main(["--weights", str(w), "--method", "eagleeye", "--flops-target", "0.6", "--candidates", "4",
+                      "--calib-batches", "2", "--batch-size", "16", "--data", str(shapes_yaml), "--imgsz", "256",
+                      "--workers", "0", "--project", str(tmp_path / "p")])
+    s, out = rec["settings"], Path(rec["save_dir"])
+    assert rec["after"]["GFLOPs"] / rec["before"]["GFLOPs"] == pytest.approx(0.6, abs=0.6 * 0.02)
+    cands = s["candidates"]
+    assert len(cands) == 4 and all(c["gflops"] == pytest.approx(s["target_GFLOPs"], rel=0.02) for c in cands)
+    # the paper's point: inherited BN statistics misjudge sub-nets; recomputed ones score them higher
+    assert sum(c["score_adaptive"] for c in cands) > sum(c["score_inherited"] for c in cands)
+    best = cands[s["best"]]
+    assert best["score_adaptive"] == max(c["score_adaptive"] for c in cands)
+    saved = load_model(out / "pruned.pt")
+    _no_empty_layer(saved)
+    _rebuilds(saved.float())
+    opt = prune.parse_opt(["--weights", str(w), "--method", "eagleeye", "--flops-target", "0.6", "--calib-batches",
+                           "2", "--batch-size", "16", "--data", str(shapes_yaml), "--imgsz", "256", "--workers", "0"])
+    from utils.data import check_dataset
+
+    _, score = prune.search_data(check_dataset(str(shapes_yaml), splits=()), opt, saved)
+    assert score(saved.float()) == pytest.approx(best["score_adaptive"], abs=0.01)  # stored in fp16
+    assert (out / "candidates.png").stat().st_size > 0
+    assert json.loads((out / "report.json").read_text())["settings"]["best"] == s["best"]
+    assert load_checkpoint(out / "pruned.pt")["prune"]["method"] == "eagleeye"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "eagleeye", "--flops-target", "0.5"], "--data"),
+    (["--method", "eagleeye"], "--flops-target"),
+    (["--method", "layer"], "--layers"),
+    (["--method", "layer", "--layers", "99"], "residual bottlenecks"),
+    (["--method", "unstructured", "--flops-target", "0.5"], "--flops-target"),
+    (["--method", "l1", "--flops-target", "1.5"], "--flops-target"),
+])
+def test_bad_method_settings_are_one_line(tmp_path, n_model, args, needle):
+    w = _save(n_model, tmp_path / "n.pt")
+    r = run_script("prune.py", "--weights", str(w), *args, "--imgsz", "64", "--project", str(tmp_path / "p"))
+    assert_one_line_error(r, needle)
+    assert not any((tmp_path / "p").glob("*/pruned.pt"))
