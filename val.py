@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +103,10 @@ def evaluate(model, dataloader, names: dict[int, str], conf_thres: float = 0.001
         if compute_loss:
             loss += compute_loss(train_out, targets)[1]
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to letterboxed pixels
+        # no time limit: on a busy CPU a weak model's many boxes overrun it, and the images it skips would count as
+        # missed detections (a sparse coco128 checkpoint measured 0.295 mAP50 instead of 0.460 that way)
         preds = non_max_suppression(preds, conf_thres, iou_thres, multi_label=True, agnostic=single_cls,
-                                    max_det=max_det)
+                                    max_det=max_det, time_limit=math.inf)
         dt[0], dt[1], dt[2] = dt[0] + t1 - t0, dt[1] + t2 - t1, dt[2] + time_sync() - t2
         for si, pred in enumerate(preds):
             labels = targets[targets[:, 0] == si, 1:]

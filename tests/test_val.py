@@ -104,3 +104,36 @@ def test_class_count_mismatch(tmp_path):
     save_checkpoint({"model": DetectionModel("yolov5n.yaml", nc=3)}, w)
     r = run_script("val.py", "--weights", str(w), "--data", str(data), "--project", str(tmp_path / "runs"))
     assert_one_line_error(r, "predicts 3 classes", "nc=2")
+
+
+def test_evaluation_does_not_depend_on_how_busy_the_machine_is(tmp_path, monkeypatch):
+    """NMS's time limit (kept for detect.py) must not drop images from an evaluation: with a clock that jumps 100 s
+    at every reading, every image still gets its detections."""
+    import torch
+
+    import utils.nms
+
+    data = make_dataset(tmp_path / "data", n=6, nc=2, size=(64, 80))
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n.yaml", nc=2).eval()
+    from utils.data import check_dataset
+
+    loader = val.val_loader(check_dataset(str(data), splits=()), "val", 64, 6, 32, 0)
+    boxes: list[int] = []
+    nms = val.non_max_suppression
+
+    def counting(*args, **kwargs):
+        out = nms(*args, **kwargs)
+        boxes.append(sum(len(x) for x in out))
+        return out
+
+    monkeypatch.setattr(val, "non_max_suppression", counting)
+    calm = val.evaluate(model, loader, {0: "a", 1: "b"}, conf_thres=0.0)
+    clock = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(utils.nms.time, "time", lambda: float(next(clock)))
+    busy = val.evaluate(model, loader, {0: "a", 1: "b"}, conf_thres=0.0)
+    assert boxes[0] == boxes[1] >= 6  # every image kept its boxes
+    assert (calm.mp, calm.mr, calm.map50, calm.map) == (busy.mp, busy.mr, busy.map50, busy.map)
+    with pytest.raises(AssertionError):  # the clock does trip the limit where one applies
+        out = nms(torch.rand(6, 50, 7), 0.0)
+        assert all(len(x) for x in out)
