@@ -160,18 +160,21 @@ def _decision(s: dict) -> str:
     """One line on what the method decided."""
     if s["method"] == "unstructured":
         return f"{s['zero_share']:.2%} of conv weights are zero; dense kernels do not run faster (see report.md)"
-    text = f"removed {len(s['removed_blocks'])} bottleneck(s)" if "removed_blocks" in s else ""
+    parts = [f"removed {len(s['removed_blocks'])} bottleneck(s)"] if "removed_blocks" in s else []
     if s["method"] == "layer":
-        return text
+        return ", ".join(parts)
     if s["method"] == "eagleeye":
         c = s["candidates"][s["best"]]
-        text += (f"best of {len(s['candidates'])} candidates: mAP50 {c['score_adaptive']:.3f} on held-out images after "
-                 f"adaptive BN ({c['score_inherited']:.3f} before); mean adaptive-BN gain {s['adaptive_bn_gain']:+.3f}")
+        parts.append(f"best of {len(s['candidates'])} candidates: mAP50 {c['score_adaptive']:.3f} on held-out images "
+                     f"after adaptive BN ({c['score_inherited']:.3f} before); mean adaptive-BN gain "
+                     f"{s['adaptive_bn_gain']:+.3f}")
+        parts.append(f"{s['removed_share']:.1%} of group channels removed")
     else:
-        text += (", " if text else "") + (f"percent {s['percent_used']:.4f} for the FLOPs target, " if "percent_used"
-                                          in s else "") + f"threshold {s['threshold']:.4g}"
-    return text + (f", {s['removed_share']:.1%} of group channels removed (safe maximum {s['safe_percent']:.3f})"
-                   if s["method"] != "eagleeye" else f", {s['removed_share']:.1%} of group channels removed")
+        if "percent_used" in s:
+            parts.append(f"percent {s['percent_used']:.4f} for the FLOPs target")
+        parts.append(f"threshold {s['threshold']:.4g}")
+        parts.append(f"{s['removed_share']:.1%} of group channels removed (safe maximum {s['safe_percent']:.3f})")
+    return ", ".join(parts)
 
 
 def settings_from(opt: argparse.Namespace) -> PruneSettings:

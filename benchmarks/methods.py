@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import finetune  # noqa: E402
 import prune  # noqa: E402
 import val  # noqa: E402
-from slim_pipeline import Pipeline  # noqa: E402
+from slim_pipeline import Pipeline, add_run_args  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
@@ -47,14 +47,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batches", type=int, default=4, help="eagleeye adaptive-BN batches")
     p.add_argument("--finetune-epochs", type=int, default=10, help="0: right after pruning only")
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml")
-    p.add_argument("--imgsz", type=int, default=320)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--device", default="")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--project", default=str(ROOT / "runs/benchmarks/methods"))
-    p.add_argument("--name", default="exp")
-    p.add_argument("--exist-ok", action="store_true")
+    add_run_args(p, ROOT / "runs/benchmarks/methods")
     opt = p.parse_args(argv)
     if not 0 < opt.flops_target < 1:
         raise UserError(f"--flops-target must be in (0, 1), the share of GFLOPs to keep; got {opt.flops_target}")

@@ -39,8 +39,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", default="yolov5n.yaml", help="model yaml for the base model when --weights is not given")
     p.add_argument("--weights", default="", help="a trained base model (skips base training)")
     p.add_argument("--sparse-weights", default="", help="a finished sparse model (skips stages 1-2)")
-    p.add_argument("--imgsz", type=int, default=320)
-    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=20, help="base training epochs (from scratch)")
     p.add_argument("--base-hyp", default="data/hyps/hyp.scratch-short.yaml", help="hyp of base training (AdamW)")
     p.add_argument("--hyp", default="data/hyps/hyp.small.yaml", help="hyp of sparse training")
@@ -53,13 +51,20 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml", help="hyp of fine-tuning")
     p.add_argument("--kd", action="store_true", help="also finetune with the base model as teacher, for comparison")
+    add_run_args(p, ROOT / "runs/pipeline")
+    return p.parse_args(argv)
+
+
+def add_run_args(p: argparse.ArgumentParser, project: Path) -> None:
+    """The options every stage shares (Pipeline.common) and the output folder: for each benchmark built on Pipeline."""
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--device", default="")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--project", default=str(ROOT / "runs/pipeline"))
+    p.add_argument("--project", default=str(project))
     p.add_argument("--name", default="exp")
     p.add_argument("--exist-ok", action="store_true")
-    return p.parse_args(argv)
 
 
 class Pipeline:

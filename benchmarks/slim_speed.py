@@ -40,13 +40,18 @@ from utils.pruning.sparsity import BNSparsity  # noqa: E402
 from utils.torch_utils import count_params, recalibrate_bn  # noqa: E402
 
 
-def spread_gammas(m: nn.Module, seed: int = 0) -> nn.Module:
+def spread_gammas(m: nn.Module, seed: int = 0, running_stats: bool = False) -> nn.Module:
+    """Gammas spread over [0, 1.5) with 30% of them zero (as after sparse training), betas away from 0; with
+    running_stats, BN running means and variances away from their defaults too (the tests' fold checks need that)."""
     g = torch.Generator().manual_seed(seed)
     for bn in m.modules():
         if isinstance(bn, nn.BatchNorm2d):
             n = bn.num_features
             bn.weight.data = torch.rand(n, generator=g) * 1.5 * (torch.rand(n, generator=g) > 0.3)
             bn.bias.data = torch.randn(n, generator=g) * 0.3
+            if running_stats:
+                bn.running_mean = torch.randn(n, generator=g) * 0.1
+                bn.running_var = torch.rand(n, generator=g) + 0.5
     return m
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch.nn as nn
 import finetune
 import prune
 import train
-from conftest import FIXTURES, assert_one_line_error, make_dataset, run_script, shared_path
+from conftest import FIXTURES, ROOT, assert_one_line_error, make_dataset, run_script, shared_path
 from models.yolo import DetectionModel
 from test_train import tiny_args
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -25,21 +26,15 @@ from utils.pruning.pruner import PruneSettings, prune_model
 from utils.pruning.surgery import soft_prune
 from utils.torch_utils import count_params
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from slim_speed import spread_gammas  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small convs run faster on one thread
 
 
 def _spread_gammas(m: nn.Module, seed: int = 0) -> nn.Module:
     """Gammas spread over [0, 1.5) with some near zero, betas and running statistics away from their defaults."""
-    g = torch.Generator().manual_seed(seed)
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            n = bn.num_features
-            bn.weight.data = torch.rand(n, generator=g) * 1.5 * (torch.rand(n, generator=g) > 0.3)
-            bn.bias.data = torch.randn(n, generator=g) * 0.3
-            bn.running_mean = torch.randn(n, generator=g) * 0.1
-            bn.running_var = torch.rand(n, generator=g) + 0.5
-    return m.eval()
+    return spread_gammas(m, seed, running_stats=True).eval()
 
 
 def _raw(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

@@ -62,13 +62,16 @@ class ChannelCost:
                 self.in_cut[index[c], k] += 1
         bn_conv = {n.removesuffix(".bn") + ".conv": n for n in bns}  # Conv blocks name them <block>.conv / .bn
         self.bn_area = np.array([areas.get(bn_conv.get(n, ""), 0) * scale for n in names])
-        self.rest = 0.0
-        self.rest = model_flops(model, imgsz) - self.gflops(self.full)
+        self.total = model_flops(model, imgsz)  # the full model's GFLOPs, as profiled
+        self.rest = self.total - self._conv_bn_gflops(self.full)
 
     def gflops(self, kept: Sequence[int] | np.ndarray) -> float:
         """GFLOPs with group k at kept[k] channels."""
+        return self._conv_bn_gflops(kept) + self.rest
+
+    def _conv_bn_gflops(self, kept: Sequence[int] | np.ndarray) -> float:
         cut = self.full - np.asarray(kept, dtype=np.int64)
         out = self.out0 - self.out_cut @ cut
         inp = np.where(self.depthwise, 1, (self.in0 - self.in_cut @ cut) // self.groups1)
         macs = self.area * out * inp * self.k2 + 4 * self.bn_area * out
-        return float(macs.sum()) * 2 / 1e9 + self.rest
+        return float(macs.sum()) * 2 / 1e9

@@ -158,7 +158,8 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Sequence[torch
     scores = importance(base, groups, settings)
     if settings.flops_target:
         cost = ChannelCost(base, groups, settings.imgsz)
-        target = settings.flops_target * model_flops(model, settings.imgsz)
+        full = cost.total if base is model else model_flops(model, settings.imgsz)  # layer+slim: the original's
+        target = settings.flops_target * full
         details["target_GFLOPs"] = target
         if settings.method == "eagleeye":
             if score is None or not calib:

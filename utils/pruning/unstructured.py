@@ -40,8 +40,6 @@ def prune_weights(model: nn.Module, percent: float) -> nn.Module:
         tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=percent)
         for m, name in params:
             tprune.remove(m, name)  # weight = weight_orig * mask, the reparametrisation dropped
-    for m in convs:
-        m.weight.requires_grad_(True)
     return out
 
 
