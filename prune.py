@@ -7,6 +7,9 @@
     python prune.py --weights best.pt --method eagleeye --flops-target 0.5 --data data/coco128.yaml
     python prune.py --weights last.pt --method layer+slim --layers 2 --percent 0.4
     python prune.py --weights best.pt --method unstructured --percent 0.7     # zeros, same shapes
+    python prune.py --weights best.pt --method taylor --percent 0.4 --data data/coco128.yaml
+    python prune.py --weights best.pt --sensitivity --data data/coco128.yaml  # analysis only: sensitivity.csv/png
+    python prune.py --weights best.pt --method sensitivity --max-drop 0.02 --data data/coco128.yaml
 
 Channels are ranked by |gamma| of their BatchNorm with one global threshold; channels that must stay aligned (a
 residual add's inputs, depth-wise convs) form groups scored as one. No layer is emptied (--min-channels); the
@@ -15,9 +18,11 @@ pruned.pt (a normal checkpoint: val.py, detect.py, finetune.py and prune.py take
 explicit; `train.py --cfg pruned.yaml` trains it from scratch), report.md, report.json and channels.png.
 With --data, the model is evaluated before and after pruning. Next: python finetune.py --weights .../pruned.pt
 
-Methods: slim (|gamma|, after train_sparse.py), l1 (filter L1 norms, no sparse training), eagleeye (random widths at
---flops-target scored after adaptive BN on held-out training images; needs --data), layer (--layers N residual
-bottlenecks with the smallest gammas; layer+slim then slims), unstructured (weights, not channels).
+Methods: slim (|gamma|, after train_sparse.py), l1 (filter L1 norms, no sparse training), taylor (first-order loss
+change of removing a channel, from gradients on training batches; needs --data), eagleeye (random widths at
+--flops-target scored after adaptive BN on held-out training images; needs --data), sensitivity (each layer cut by
+the ratio its own curve allows within --max-drop; needs --data), layer (--layers N residual bottlenecks with the
+smallest gammas; layer+slim then slims), unstructured (weights, not channels).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch.nn as nn
 import numpy as np
 
 import val
+from train import scale_hyp
 from models.yolo import DetectionModel
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.data import check_dataset
@@ -44,8 +50,13 @@ from utils.labels import list_images
 from utils.log import LOGGER, colorstr
 from utils.pruning.eagleeye import plot_candidates
 from utils.pruning.graph import probe_size
-from utils.pruning.pruner import METHODS, NEEDS_DATA, PruneResult, PruneSettings, prune_model
-from utils.pruning.report import EVAL_KEYS, plot_channels, write_report
+from utils.loss import ComputeLoss
+from utils.pruning import sensitivity
+from utils.pruning.graph import build_groups
+from utils.pruning.pruner import METHODS, NEEDS_DATA, PruneResult, PruneSettings, SearchData, prune_model, \
+    sensitivity_curves
+from utils.pruning.sensitivity import RATIOS
+from utils.pruning.report import EVAL_KEYS, decision, plot_channels, write_report
 from utils.pruning.yaml_writer import save_model_yaml
 from utils.torch_utils import count_params, model_flops, select_device
 
@@ -90,28 +101,34 @@ def describe(model: nn.Module, imgsz: int) -> dict:
             "zero_share": round(zeros, 6)}
 
 
-def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> tuple[list[torch.Tensor], object]:
-    """EagleEye's data from the training split: --calib-batches batches for adaptive BN and a scorer (mAP50) on
-    held-out images (a fifth of the split, at most 500, drawn with --seed; calibration never sees them)."""
+def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> SearchData:
+    """The data-driven methods' data from the training split: --calib-batches training batches (adaptive BN, taylor's
+    gradients), a scorer (mAP50) on held-out images (a fifth of the split, at most 500, drawn with --seed; the batches
+    never come from them) and the training loss (hyp.scratch-low's gains)."""
     files = list_images(data["train"])
     if len(files) < 2:
-        raise UserError(f"{opt.data}: eagleeye needs at least 2 training images (calibration and held-out)")
+        raise UserError(f"{opt.data}: --method {opt.method} needs at least 2 training images (batches and held-out)")
     order = np.random.default_rng(opt.seed).permutation(len(files))
     n_hold = min(max(len(files) // 5, 1), 500)
     hold, rest = [files[i] for i in order[:n_hold]], [files[i] for i in order[n_hold:]]
     stride = max(int(model.stride.max()), 32)
     calib_loader = create_dataloader(rest, opt.imgsz, opt.batch_size, stride, shuffle=True, workers=opt.workers,
                                      nc=data["nc"], seed=opt.seed, prefix=colorstr("calib: "))[0]
-    calib = []
-    for imgs, *_ in calib_loader:
-        calib.append(imgs.float() / 255)
-        if len(calib) == opt.calib_batches:
+    batches = []
+    for imgs, targets, *_ in calib_loader:
+        batches.append((imgs.float() / 255, targets))
+        if len(batches) == opt.calib_batches:
             break
     hold_loader = create_dataloader(hold, opt.imgsz, opt.batch_size, stride, rect=True, pad=0.5, workers=opt.workers,
                                     nc=data["nc"], prefix=colorstr("held-out: "))[0]
-    LOGGER.info(f"{PREFIX}eagleeye: {len(calib)} calibration batches from {len(rest)} training images, "
-                f"scored on {len(hold)} held-out ones")
-    return calib, lambda m: val.evaluate_model(m, hold_loader, m.names)["mAP50"]
+    LOGGER.info(f"{PREFIX}{len(batches)} training batches from {len(rest)} images; held-out mAP50 on {len(hold)}")
+    hyp = scale_hyp(yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml"), model.model[-1].nl, data["nc"], opt.imgsz, 0.0)
+
+    def loss(m: nn.Module):
+        fn = ComputeLoss(m, hyp=hyp)
+        return lambda out, targets: fn(out[1] if isinstance(out, tuple) else out, targets)[0].sum()
+
+    return SearchData(batches, lambda m: val.evaluate_model(m, hold_loader, m.names)["mAP50"], loss)
 
 
 @torch.no_grad()
@@ -150,42 +167,27 @@ def print_summary(rec: dict) -> None:
     if "eval" in b:
         rows += [(k, f"{b['eval'][k]:.3f}", f"{a['eval'][k]:.3f}",
                   a["eval"][k] / b["eval"][k] if b["eval"][k] else float("nan")) for k in EVAL_KEYS]
-    LOGGER.info(f"\n{PREFIX}{rec['command']}: {_decision(s)}")
+    LOGGER.info(f"\n{PREFIX}{rec['command']}: {decision(s)}")
     LOGGER.info(f"{'':<14}{'before':>14}{'after':>14}{'ratio':>8}")
     for name, x, y, r in rows:
         LOGGER.info(f"{name:<14}{x:>14}{y:>14}" + (f"{r:>8.3f}" if r == r else f"{'-':>8}"))
 
 
-def _decision(s: dict) -> str:
-    """One line on what the method decided."""
-    if s["method"] == "unstructured":
-        return f"{s['zero_share']:.2%} of conv weights are zero; dense kernels do not run faster (see report.md)"
-    parts = [f"removed {len(s['removed_blocks'])} bottleneck(s)"] if "removed_blocks" in s else []
-    if s["method"] == "layer":
-        return ", ".join(parts)
-    if s["method"] == "eagleeye":
-        c = s["candidates"][s["best"]]
-        parts.append(f"best of {len(s['candidates'])} candidates: mAP50 {c['score_adaptive']:.3f} on held-out images "
-                     f"after adaptive BN ({c['score_inherited']:.3f} before); mean adaptive-BN gain "
-                     f"{s['adaptive_bn_gain']:+.3f}")
-        parts.append(f"{s['removed_share']:.1%} of group channels removed")
-    else:
-        if "percent_used" in s:
-            parts.append(f"percent {s['percent_used']:.4f} for the FLOPs target")
-        parts.append(f"threshold {s['threshold']:.4g}")
-        parts.append(f"{s['removed_share']:.1%} of group channels removed (safe maximum {s['safe_percent']:.3f})")
-    return ", ".join(parts)
-
-
 def settings_from(opt: argparse.Namespace) -> PruneSettings:
     settings = PruneSettings(opt.method, opt.percent, opt.skip_shortcut, opt.min_channels, opt.round, opt.group_score,
-                             opt.flops_target, opt.layers, opt.candidates, opt.calib_batches, opt.seed, opt.imgsz)
+                             opt.flops_target, opt.layers, opt.candidates, opt.calib_batches, opt.seed, opt.imgsz,
+                             opt.max_drop, tuple(opt.ratios), opt.adaptive_bn)
     try:
         settings.check()
     except ValueError as e:
         raise UserError(str(e)) from None
-    if opt.method in NEEDS_DATA and not opt.data:
-        raise UserError(f"--method {opt.method} needs --data (it scores candidates on held-out training images)")
+    if opt.sensitivity and opt.method != "slim":
+        raise UserError("--sensitivity analyses the model and prunes nothing; for pruning by it use "
+                        "--method sensitivity --max-drop X")
+    needs = "--sensitivity" if opt.sensitivity else "--adaptive-bn" if opt.adaptive_bn else \
+        f"--method {opt.method}" if opt.method in NEEDS_DATA else ""
+    if needs and not opt.data:
+        raise UserError(f"{needs} needs --data (training batches and held-out training images to score on)")
     return settings
 
 
@@ -196,6 +198,9 @@ def command(opt: argparse.Namespace) -> str:
         ("" if opt.method in ("eagleeye", "layer") else f" --percent {opt.percent:g}")
     s += f" --layers {opt.layers}" if opt.method.startswith("layer") else ""
     s += f" --candidates {opt.candidates} --calib-batches {opt.calib_batches}" if opt.method == "eagleeye" else ""
+    s += f" --calib-batches {opt.calib_batches}" if opt.method in ("taylor", "sensitivity") else ""
+    s += f" --max-drop {opt.max_drop:g}" if opt.method == "sensitivity" and opt.max_drop else ""
+    s += " --adaptive-bn" if opt.adaptive_bn else ""
     return s + (" --skip-shortcut" if opt.skip_shortcut else "") + (f" --round {opt.round}" if opt.round > 1 else "")
 
 
@@ -209,14 +214,21 @@ def run(opt: argparse.Namespace) -> dict:
         raise UserError(f"{weights}: the model has no BatchNorm layers (fused?); channel pruning needs them")
     device = select_device(opt.device)
     data = check_dataset(opt.data, splits=()) if opt.data else None
-    loader, calib, score = None, [], None
+    loader, search = None, SearchData()
     if data:
         if len(model.names) != data["nc"]:
             raise UserError(f"{weights} predicts {len(model.names)} classes but {opt.data} has nc={data['nc']}")
         stride = max(int(model.stride.max()), 32)
         loader = val.val_loader(data, "val", opt.imgsz, opt.batch_size, stride, opt.workers, source=opt.data)
-        if opt.method == "eagleeye":
-            calib, score = search_data(data, opt, model)
+        if opt.method in NEEDS_DATA or opt.adaptive_bn or opt.sensitivity:
+            search = search_data(data, opt, model)
+    if opt.sensitivity_csv:
+        try:
+            search.curves = sensitivity.load_csv(Path(opt.sensitivity_csv))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if opt.sensitivity:
+        return analyse(model, settings, search, opt, weights)
 
     before = describe(model, opt.imgsz)
     if loader is not None:
@@ -224,7 +236,7 @@ def run(opt: argparse.Namespace) -> dict:
         before["eval"] = evaluate(model.to(device), loader, model.names)
         model = model.cpu()
     try:
-        result = prune_model(model, settings, calib, score)
+        result = prune_model(model, settings, search)
     except ValueError as e:  # a target the model cannot reach, more layers than it has
         raise UserError(str(e)) from None
     pruned = result.model
@@ -244,6 +256,8 @@ def run(opt: argparse.Namespace) -> dict:
            "eval_split": "val" if data else None, "command": command(opt), "settings": result.summary(),
            "before": before, "after": after, "layers": result.layers, "seconds": 0.0}
     _plots(result, save_dir, f"{weights.name}: {command(opt)}")
+    if result.curves is not None:
+        sensitivity.save_csv(save_dir / "sensitivity.csv", *result.curves)
     save_checkpoint(checkpoint(pruned, result, opt, ckpt), save_dir / "pruned.pt")
     rec["seconds"] = round(time.time() - t0, 2)
     write_report(save_dir, rec)
@@ -259,7 +273,35 @@ def run(opt: argparse.Namespace) -> dict:
 
 
 def _plot_names(method: str) -> str:
-    return "channels.png, candidates.png" if method == "eagleeye" else "channels.png"
+    extra = {"eagleeye": ", candidates.png", "sensitivity": ", sensitivity.csv, sensitivity.png"}
+    return "channels.png" + extra.get(method, "")
+
+
+def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: argparse.Namespace,
+            weights: Path) -> dict:
+    """prune.py --sensitivity: each layer pruned alone at --ratios; sensitivity.csv/png, the safest and most fragile
+    layers. Nothing is pruned."""
+    t0 = time.time()
+    groups = build_groups(model, settings.skip_shortcut)
+    try:
+        base, curves = sensitivity_curves(model, groups, settings, search)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    sensitivity.save_csv(save_dir / "sensitivity.csv", base, curves)
+    sensitivity.plot(save_dir / "sensitivity.png", base, curves, f"{weights.name}: sensitivity of {len(curves)} layers")
+    rank = sensitivity.ranking(curves, base)
+    n = min(5, len(rank))
+    LOGGER.info(f"\n{PREFIX}unpruned mAP50 {base:.3f} on held-out training images; mean drop over the ratios "
+                f"{', '.join(map(str, settings.ratios))}:")
+    LOGGER.info("  safest:       " + ", ".join(f"{name} {d:+.3f}" for name, d in rank[:n]))
+    LOGGER.info("  most fragile: " + ", ".join(f"{name} {d:+.3f}" for name, d in reversed(rank[-n:])))
+    LOGGER.info(f"{PREFIX}done in {time.time() - t0:.1f}s. Results saved to {colorstr('bold', str(save_dir))} "
+                f"(sensitivity.csv, sensitivity.png)\n"
+                f"Next: python prune.py --weights {weights} --method sensitivity --max-drop 0.02 --data {opt.data} "
+                f"--sensitivity-csv {save_dir / 'sensitivity.csv'}")
+    return {"weights": str(weights), "save_dir": str(save_dir), "base": base, "ranking": rank,
+            "curves": [vars(c) for c in curves]}
 
 
 def _plots(result: PruneResult, save_dir: Path, title: str) -> None:
@@ -271,6 +313,8 @@ def _plots(result: PruneResult, save_dir: Path, title: str) -> None:
     if result.settings.method == "eagleeye":
         cands = result.details["candidates"]
         plot_candidates(cands, result.details["best"], save_dir / "candidates.png")
+    if result.curves is not None:
+        sensitivity.plot(save_dir / "sensitivity.png", *result.curves, f"{title}: per-layer sensitivity")
 
 
 def _layer_notes(layers: list[dict], n: int) -> list[str]:
@@ -295,8 +339,17 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep this share of the GFLOPs instead of --percent (slim, l1, layer+slim; eagleeye needs it)")
     p.add_argument("--layers", type=int, default=0, help="layer, layer+slim: residual bottlenecks to remove")
     p.add_argument("--candidates", type=int, default=20, help="eagleeye: random sub-nets to evaluate")
-    p.add_argument("--calib-batches", type=int, default=8, help="eagleeye: training batches for adaptive BN")
-    p.add_argument("--seed", type=int, default=0, help="eagleeye: seed of the draws and of the held-out split")
+    p.add_argument("--calib-batches", type=int, default=8,
+                   help="training batches: adaptive BN (eagleeye, sensitivity, --adaptive-bn), taylor's gradients")
+    p.add_argument("--seed", type=int, default=0, help="seed of eagleeye's draws and of the held-out split")
+    p.add_argument("--max-drop", type=float, default=0.0,
+                   help="sensitivity: the mAP50 each layer alone may lose (e.g. 0.02)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="only analyse: prune each layer alone at --ratios, write sensitivity.csv/png (needs --data)")
+    p.add_argument("--sensitivity-csv", default="", help="method sensitivity: reuse this analysis instead of rerunning")
+    p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="sensitivity: shares of a layer tried")
+    p.add_argument("--adaptive-bn", action="store_true",
+                   help="recompute the pruned model's BN statistics on --calib-batches training batches (needs --data)")
     p.add_argument("--skip-shortcut", action="store_true", help="leave channels tied by residual adds unpruned")
     p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a layer")
     p.add_argument("--round", type=int, default=1, help="round each kept width up to a multiple of this (8 for GPUs)")

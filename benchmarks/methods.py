@@ -4,11 +4,17 @@
         --imgsz 320 --flops-target 0.6 --finetune-epochs 10
     python benchmarks/methods.py --weights base.pt --sparse-weights sparse.pt ...   # slim from a sparse-trained model
 
+    python benchmarks/methods.py --weights yolov5n.pt --data data/coco128.yaml --imgsz 640 --match-slim-percent 0.5 \
+        --methods slim l1 taylor sensitivity --finetune-epochs 0      # pruning without sparse training, right after
+
 Rows: slim (|gamma|; from --sparse-weights when given, else from the base model: slimming without sparse training),
-l1 (filter norms), eagleeye (best of --candidates random sub-nets after adaptive BN), layer+slim (--layers residual
-bottlenecks, then slim to the target) and unstructured (the same share of conv weights zeroed as the FLOPs cut: its
-FLOPs do not fall). Each is pruned by prune.py (evaluated right after), fine-tuned by finetune.py, and all of them are
-compared by one val.py call with batch-1 CPU latency. Outputs: runs/benchmarks/methods/exp/{summary.md, summary.json,
+l1 (filter norms), taylor (first-order loss change over --calib-batches batches), eagleeye (best of --candidates
+random sub-nets after adaptive BN), sensitivity (per-layer ratios from each layer's own curve over --ratios),
+layer+slim (--layers residual bottlenecks, then slim to the target) and unstructured (the same share of conv weights
+zeroed as the FLOPs cut: its FLOPs do not fall). --match-slim-percent P sets the FLOPs target to what
+`prune.py --percent P` leaves of --weights (the FLOPs of slimming by that percent). Each is pruned by prune.py
+(evaluated right after), fine-tuned by finetune.py, and all of them are compared by one val.py call with batch-1 CPU
+latency. Outputs: runs/benchmarks/methods/exp/{summary.md, summary.json,
 commands.sh} and each stage's own folder.
 """
 
@@ -32,7 +38,8 @@ from utils.files import atomic_write  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
 
 PREFIX = colorstr("methods: ")
-ALL = ("slim", "l1", "eagleeye", "layer+slim", "unstructured")
+ALL = ("slim", "l1", "taylor", "eagleeye", "sensitivity", "layer+slim", "unstructured")
+DEFAULT = ("slim", "l1", "eagleeye", "layer+slim", "unstructured")
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,18 +47,39 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", required=True, help="the trained base model")
     p.add_argument("--sparse-weights", default="", help="a sparse-trained copy of it for the slim row")
     p.add_argument("--data", default="data/synthetic.yaml", help="dataset yaml")
-    p.add_argument("--methods", nargs="+", default=list(ALL), choices=ALL)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT), choices=ALL)
     p.add_argument("--flops-target", type=float, default=0.6, help="share of the base GFLOPs every method keeps")
+    p.add_argument("--match-slim-percent", type=float, default=0.0,
+                   help="instead of --flops-target: the GFLOPs share that slim --percent P leaves of --weights")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="sensitivity: ratios tried")
     p.add_argument("--layers", type=int, default=2, help="layer+slim: bottlenecks removed before slimming")
     p.add_argument("--candidates", type=int, default=10, help="eagleeye candidates")
-    p.add_argument("--calib-batches", type=int, default=4, help="eagleeye adaptive-BN batches")
+    p.add_argument("--calib-batches", type=int, default=4, help="eagleeye, sensitivity: adaptive-BN batches; taylor")
     p.add_argument("--finetune-epochs", type=int, default=10, help="0: right after pruning only")
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml")
     add_run_args(p, ROOT / "runs/benchmarks/methods")
     opt = p.parse_args(argv)
+    if opt.match_slim_percent:
+        opt.flops_target = slim_flops_share(opt.weights, opt.match_slim_percent, opt.imgsz)
     if not 0 < opt.flops_target < 1:
         raise UserError(f"--flops-target must be in (0, 1), the share of GFLOPs to keep; got {opt.flops_target}")
     return opt
+
+
+def slim_flops_share(weights: str, percent: float, imgsz: int) -> float:
+    """The share of GFLOPs that slimming `weights` by `percent` keeps (no data needed)."""
+    from utils.checkpoint import load_model
+    from utils.pruning.pruner import PruneSettings, prune_model
+    from utils.torch_utils import model_flops
+
+    model = load_model(weights).float().eval()
+    try:
+        pruned = prune_model(model, PruneSettings(percent=percent, imgsz=imgsz)).model
+    except ValueError as e:
+        raise UserError(f"--match-slim-percent: {e}") from None
+    share = model_flops(pruned, imgsz) / model_flops(model, imgsz)
+    LOGGER.info(f"{PREFIX}slim --percent {percent:g} keeps {share:.4f} of the GFLOPs: the target of every row")
+    return round(share, 4)
 
 
 class Methods(Pipeline):
@@ -63,6 +91,10 @@ class Methods(Pipeline):
         args = ["--weights", w, "--method", method, "--flops-target", str(o.flops_target)]
         if method == "eagleeye":
             args += ["--candidates", str(o.candidates), "--calib-batches", str(o.calib_batches), "--seed", str(o.seed)]
+        if method in ("taylor", "sensitivity"):
+            args += ["--calib-batches", str(o.calib_batches), "--seed", str(o.seed)]
+        if method == "sensitivity":
+            args += ["--ratios", *map(str, o.ratios)]
         return args + (["--layers", str(o.layers)] if method.startswith("layer") else [])
 
     def run(self) -> dict:
@@ -100,9 +132,10 @@ class Methods(Pipeline):
         summary = {"options": vars(o), "commands": self.commands, "base": base, "rows": rows}
         atomic_write(self.dir / "summary.json", lambda f: json.dump(summary, f, indent=2, default=str), mode="w")
         ft = o.finetune_epochs > 0
-        md = [f"FLOPs target {o.flops_target:g} of the base ({base['GFLOPs']:.2f} GFLOPs at {o.imgsz}); base mAP50 "
-              f"{base['mAP50']:.3f}, mAP50-95 {base['mAP50-95']:.3f}, {base['params']:,} parameters, batch-1 CPU "
-              f"{base.get('b1_ms', float('nan')):.1f} ms.", "",
+        match = f" (what slim --percent {o.match_slim_percent:g} keeps)" if o.match_slim_percent else ""
+        md = [f"FLOPs target {o.flops_target:g}{match} of the base ({base['GFLOPs']:.2f} GFLOPs at {o.imgsz}); "
+              f"base mAP50 {base['mAP50']:.3f}, mAP50-95 {base['mAP50-95']:.3f}, {base['params']:,} parameters, "
+              f"batch-1 CPU {base.get('b1_ms', float('nan')):.1f} ms.", "",
               "| method | params | GFLOPs | mAP50 / 50-95 right after | "
               + (f"mAP50 / 50-95 after {o.finetune_epochs} ep finetune | " if ft else "") + "CPU b1 ms |",
               "|---|---|---|---|" + ("---|" if ft else "") + "---|"]

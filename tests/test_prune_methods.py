@@ -164,7 +164,7 @@ def test_eagleeye_on_the_upstream_fixture(tmp_path, shapes_yaml):
                            "2", "--batch-size", "16", "--data", str(shapes_yaml), "--imgsz", "256", "--workers", "0"])
     from utils.data import check_dataset
 
-    _, score = prune.search_data(check_dataset(str(shapes_yaml), splits=()), opt, saved)
+    score = prune.search_data(check_dataset(str(shapes_yaml), splits=()), opt, saved).score
     assert score(saved.float()) == pytest.approx(best["score_adaptive"], abs=0.01)  # stored in fp16
     assert (out / "candidates.png").stat().st_size > 0
     assert json.loads((out / "report.json").read_text())["settings"]["best"] == s["best"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import sys
 from pathlib import Path
 
@@ -59,3 +61,32 @@ def test_methods_benchmark_compares_at_one_flops_target(tmp_path):
     commands = (run_dir / "commands.sh").read_text().splitlines()
     assert [c.split()[1] for c in commands] == ["prune.py", "finetune.py"] * 3 + ["val.py"]
     assert "| eagleeye |" in (run_dir / "summary.md").read_text()
+
+
+def test_methods_benchmark_matches_the_flops_of_a_slim_percent(tmp_path):
+    """#8's table: taylor and sensitivity at the FLOPs that slim --percent 0.5 leaves, right after pruning only."""
+    import methods
+    import torch
+
+    from models.yolo import DetectionModel
+    from test_prune import _save, _spread_gammas
+    from utils.checkpoint import load_model
+    from utils.pruning.pruner import PruneSettings, prune_model
+    from utils.torch_utils import model_flops
+
+    data = make_dataset(tmp_path / "data", n=8, nc=2, size=(64, 80))
+    torch.manual_seed(0)
+    w = _save(_spread_gammas(DetectionModel("yolov5n.yaml", nc=2)), tmp_path / "base.pt")
+    out = methods.main(["--weights", str(w), "--data", str(data), "--methods", "slim", "taylor", "sensitivity",
+                        "--match-slim-percent", "0.5", "--ratios", "0.5", "--calib-batches", "1", "--imgsz",
+                        "64", "--batch-size", "4", "--finetune-epochs", "0", "--workers", "0", "--device", "cpu",
+                        "--project", str(tmp_path / "runs")])
+    m = load_model(w).float()
+    share = model_flops(prune_model(m, PruneSettings(percent=0.5, imgsz=64)).model, 64) / model_flops(m, 64)
+    assert out["options"]["flops_target"] == pytest.approx(share, abs=1e-4)
+    for r in out["rows"]:
+        assert r["GFLOPs"] / out["base"]["GFLOPs"] <= share * 1.01, r["method"]  # GFLOPs are rounded to 4 decimals
+        assert "finetuned" not in r
+    assert abs(out["rows"][0]["GFLOPs"] / out["base"]["GFLOPs"] - share) < 0.01  # slim lands on its own FLOPs
+    commands = (tmp_path / "runs" / "exp" / "commands.sh").read_text()
+    assert "--method taylor" in commands and "--method sensitivity" in commands

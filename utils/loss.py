@@ -74,13 +74,13 @@ class FocalLoss(nn.Module):
 
 
 class ComputeLoss:
-    """YOLOv5 loss for a model whose last layer is Detect and which carries a `hyp` dict."""
+    """YOLOv5 loss for a model whose last layer is Detect and which carries a `hyp` dict (or is given one)."""
 
     sort_obj_iou = False  # True: where targets share a cell, the highest IoU is written last and wins
 
-    def __init__(self, model: nn.Module, autobalance: bool = False):
+    def __init__(self, model: nn.Module, autobalance: bool = False, hyp: dict | None = None):
         bare = de_parallel(model)
-        h = model.hyp if hasattr(model, "hyp") else bare.hyp
+        h = hyp if hyp is not None else model.hyp if hasattr(model, "hyp") else bare.hyp
         device = next(bare.parameters()).device
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["cls_pw"]], device=device))
         bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["obj_pw"]], device=device))

@@ -1,9 +1,11 @@
 """From settings to a pruned model: groups -> importance -> selection -> surgery -> explicit-width yaml.
 
 `prune_model(model, PruneSettings(...))` is what prune.py runs. Structured methods give one score per channel of each
-group (`importance`: slim = |gamma|, l1 = filter norms) and share the rest (global ranking, min channels, rounding,
-folding, yaml); a FLOPs target picks the percent that lands on it. EagleEye searches widths instead of ranking;
-layer removes residual bottlenecks (then slims with layer+slim); unstructured zeroes weights and keeps the shapes.
+group (`importance`: slim = |gamma|, l1 = filter norms, taylor = first-order loss change) and share the rest (global
+ranking, min channels, rounding, folding, yaml); a FLOPs target picks the percent that lands on it. EagleEye searches
+widths instead of ranking; sensitivity cuts each layer by the ratio its own curve allows; layer removes residual
+bottlenecks (then slims with layer+slim); unstructured zeroes weights and keeps the shapes. Methods that learn from
+data (eagleeye, taylor, sensitivity, --adaptive-bn) take a SearchData built from the training split.
 """
 
 from __future__ import annotations
@@ -15,19 +17,40 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from utils.pruning import eagleeye
+from utils.pruning import eagleeye, sensitivity
 from utils.pruning.flops import ChannelCost
 from utils.pruning.graph import build_groups
 from utils.pruning.groups import ChannelGroup, global_threshold, group_scores, safe_percent, select_channels
 from utils.pruning.l1 import l1_scores
 from utils.pruning.layer import remove_blocks
+from utils.pruning.sensitivity import Curve
+from utils.pruning.taylor import taylor_scores
 from utils.pruning.surgery import prune_channels
 from utils.pruning.unstructured import prune_weights, zero_table
 from utils.pruning.yaml_writer import model_yaml
-from utils.torch_utils import model_flops
+from utils.torch_utils import model_flops, recalibrate_bn
 
-METHODS = ("slim", "l1", "eagleeye", "layer", "layer+slim", "unstructured")
-NEEDS_DATA = ("eagleeye",)
+METHODS = ("slim", "l1", "taylor", "eagleeye", "sensitivity", "layer", "layer+slim", "unstructured")
+NEEDS_DATA = ("eagleeye", "taylor", "sensitivity")
+
+
+@dataclass
+class SearchData:
+    """What the data-driven methods use, drawn from the training split (prune.py's search_data)."""
+
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()  # (images in 0..1, targets): adaptive BN, taylor
+    score: Callable[[nn.Module], float] | None = None  # a model -> mAP50 on held-out training images
+    loss: Callable[[nn.Module], Callable] | None = None  # model -> its loss fn: (model output, targets) -> scalar
+    curves: tuple[float, list[Curve]] | None = None  # a finished sensitivity analysis to reuse (base score, curves)
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        return [b[0] for b in self.batches]
+
+    def need(self, what: str, method: str) -> None:
+        missing = {"batches": not self.batches, "score": self.score is None, "loss": self.loss is None}
+        if missing[what]:
+            raise ValueError(f"--method {method} needs --data (training batches and held-out images)")
 
 
 @dataclass
@@ -46,6 +69,9 @@ class PruneSettings:
     calib_batches: int = 8  # eagleeye: training batches for adaptive BN
     seed: int = 0  # eagleeye: candidate draws
     imgsz: int = 640  # the size GFLOPs are counted at
+    max_drop: float = 0.0  # sensitivity: the mAP50 each layer alone may cost
+    ratios: tuple[float, ...] = sensitivity.RATIOS  # sensitivity: the shares of a layer tried
+    adaptive_bn: bool = False  # recompute the pruned model's BN statistics on the calibration batches
 
     def check(self) -> None:
         """ValueError with a one-line reason for settings the method cannot honour."""
@@ -62,8 +88,15 @@ class PruneSettings:
             raise ValueError(f"--group-score must be max or mean, not {self.group_score}")
         if self.method == "eagleeye" and not self.flops_target:
             raise ValueError("--method eagleeye needs --flops-target F (the share of GFLOPs to keep, e.g. 0.5)")
-        if self.method == "eagleeye" and (self.candidates < 1 or self.calib_batches < 1):
-            raise ValueError("--candidates and --calib-batches must be at least 1")
+        if self.method == "eagleeye" and self.candidates < 1:
+            raise ValueError("--candidates must be at least 1")
+        if self.calib_batches < 1:
+            raise ValueError("--calib-batches must be at least 1")
+        if self.method == "sensitivity" and not (self.max_drop > 0) ^ bool(self.flops_target):
+            raise ValueError("--method sensitivity needs one of --max-drop X (the mAP50 each layer alone may cost, "
+                             "e.g. 0.02) or --flops-target F")
+        if not self.ratios or not all(0 < r < 1 for r in self.ratios) or list(self.ratios) != sorted(set(self.ratios)):
+            raise ValueError(f"--ratios must be increasing shares in (0, 1); got {' '.join(map(str, self.ratios))}")
         if self.method.startswith("layer") and self.layers < 1:
             raise ValueError(f"--method {self.method} needs --layers N >= 1 (residual bottlenecks to remove)")
         if self.method in ("layer", "unstructured") and self.flops_target:
@@ -83,6 +116,7 @@ class PruneResult:
     clamped: list[int] = field(default_factory=list)  # groups kept at min_channels though every channel was below
     base: nn.Module | None = None  # the model the groups and keep refer to (after layer removal, if any)
     details: dict = field(default_factory=dict)  # what the method reports besides (candidates, removed blocks, ...)
+    curves: tuple[float, list[Curve]] | None = None  # sensitivity: (unpruned score, per-layer curves) it used
 
     def summary(self) -> dict:
         s = {**asdict(self.settings), **self.details}
@@ -95,13 +129,35 @@ class PruneResult:
         return s
 
 
-def importance(model: nn.Module, groups: list[ChannelGroup], settings: PruneSettings) -> list[torch.Tensor]:
-    """One score per group channel (higher = more important)."""
+def importance(model: nn.Module, groups: list[ChannelGroup], settings: PruneSettings,
+               data: SearchData | None = None) -> list[torch.Tensor]:
+    """One score per group channel (higher = more important). eagleeye and sensitivity choose widths by other means
+    and keep, within a group, the channels with the largest filter norms."""
     if settings.method.endswith("slim"):
         return group_scores(model, groups, settings.group_score)
-    if settings.method in ("l1", "eagleeye"):
+    if settings.method in ("l1", "eagleeye", "sensitivity"):
         return l1_scores(model, groups)
+    if settings.method == "taylor":
+        data = data or SearchData()
+        data.need("batches", "taylor")
+        data.need("loss", "taylor")
+        return taylor_scores(model, groups, data.batches, data.loss(model))
     raise ValueError(f"method '{settings.method}' has no channel importance")
+
+
+def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], settings: PruneSettings,
+                       data: SearchData) -> tuple[float, list[Curve]]:
+    """The per-layer analysis (or the one in data.curves, checked to describe these groups)."""
+    if data.curves is not None:
+        base, curves = data.curves
+        if [c.channels for c in curves] != [g.channels for g in groups]:
+            raise ValueError("the sensitivity analysis given was made for another model (its layers and widths "
+                             "differ from this one's groups); run prune.py --sensitivity on this model")
+        return base, curves
+    data.need("batches", "sensitivity")
+    data.need("score", "sensitivity")
+    return sensitivity.analyze(model, groups, l1_scores(model, groups), data.images, data.score, settings.ratios,
+                               settings.min_channels, settings.round_to)
 
 
 def layer_table(before: nn.Module, after: nn.Module) -> list[dict]:
@@ -134,13 +190,22 @@ def _finish(pruned: nn.Module) -> nn.Module:
     return pruned
 
 
-def prune_model(model: nn.Module, settings: PruneSettings, calib: Sequence[torch.Tensor] = (),
-                score: Callable[[nn.Module], float] | None = None) -> PruneResult:
+def prune_model(model: nn.Module, settings: PruneSettings, data: SearchData | None = None) -> PruneResult:
     """A pruned copy of `model` (a float DetectionModel with BatchNorms) and what was decided on the way.
 
-    eagleeye also needs `calib` (image batches for adaptive BN) and `score` (a sub-net -> mAP50 on held-out data)."""
+    eagleeye, taylor, sensitivity and adaptive_bn also need `data` (training batches, a held-out scorer, the loss)."""
     settings.check()
+    data = data or SearchData()
+    if settings.adaptive_bn:
+        data.need("batches", "--adaptive-bn")
     model = model.float().eval()
+    result = _prune(model, settings, data)
+    if settings.adaptive_bn and settings.method not in ("eagleeye", "sensitivity"):
+        recalibrate_bn(result.model, data.images)  # eagleeye and sensitivity already did
+    return result
+
+
+def _prune(model: nn.Module, settings: PruneSettings, data: SearchData) -> PruneResult:
     if settings.method == "unstructured":
         pruned = _finish(prune_weights(model, settings.percent))
         table = zero_table(pruned)
@@ -155,17 +220,22 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Sequence[torch
         if settings.method == "layer":
             return PruneResult(_finish(base), settings, layer_table(model, base), base=base, details=details)
     groups = build_groups(base, settings.skip_shortcut)
-    scores = importance(base, groups, settings)
-    if settings.flops_target:
-        cost = ChannelCost(base, groups, settings.imgsz)
+    scores = importance(base, groups, settings, data)
+    cost = ChannelCost(base, groups, settings.imgsz) if settings.flops_target else None
+    target = 0.0
+    if cost is not None:
         full = cost.total if base is model else model_flops(model, settings.imgsz)  # layer+slim: the original's
         target = settings.flops_target * full
         details["target_GFLOPs"] = target
+    if settings.method == "sensitivity":
+        return _by_sensitivity(base, groups, scores, settings, data, cost, target, details)
+    if cost is not None:
         if settings.method == "eagleeye":
-            if score is None or not calib:
-                raise ValueError("--method eagleeye needs --data: calibration batches and held-out images to score")
-            pruned, cands, best = eagleeye.search(base, groups, scores, cost, target, settings.candidates, calib,
-                                                  score, settings.seed, settings.min_channels, settings.round_to)
+            data.need("batches", "eagleeye")
+            data.need("score", "eagleeye")
+            pruned, cands, best = eagleeye.search(base, groups, scores, cost, target, settings.candidates,
+                                                  data.images, data.score, settings.seed, settings.min_channels,
+                                                  settings.round_to)
             keep = eagleeye.keep_top(scores, cands[best].kept)
             details.update({"candidates": [c.record() for c in cands], "best": best,
                             "adaptive_bn_gain": eagleeye.mean_gain(cands)})
@@ -179,3 +249,24 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Sequence[torch
     pruned = _finish(prune_channels(base, keep, groups))
     return PruneResult(pruned, settings, layer_table(base, pruned), threshold, safe_percent(scores), groups, keep,
                        clamped, base, details)
+
+
+def _by_sensitivity(base: nn.Module, groups: list[ChannelGroup], scores: list[torch.Tensor], settings: PruneSettings,
+                    data: SearchData, cost: ChannelCost | None, target: float, details: dict) -> PruneResult:
+    """Each layer pruned by the largest analysed ratio that alone costs at most --max-drop (or the drop that lands
+    on the FLOPs target), in one pass; the result's BN statistics recomputed as in the analysis."""
+    score0, curves = sensitivity_curves(base, groups, settings, data)
+    max_drop = settings.max_drop
+    if cost is not None:
+        max_drop = sensitivity.drop_for_flops(curves, score0, cost.gflops, target, settings.min_channels,
+                                              settings.round_to)
+    ratios = sensitivity.choose_ratios(curves, score0, max_drop)
+    keep = sensitivity.keep_for_ratios(scores, ratios, settings.min_channels, settings.round_to)
+    pruned = prune_channels(base, keep, groups)
+    if data.batches:
+        recalibrate_bn(pruned, data.images)
+    details.update({"sensitivity_base": score0, "max_drop_used": max_drop,
+                    "layer_ratios": [{"layer": c.layer, "channels": c.channels, "ratio": r, "kept": len(keep[k])}
+                                     for k, (c, r) in enumerate(zip(curves, ratios))]})
+    return PruneResult(_finish(pruned), settings, layer_table(base, pruned), groups=groups, keep=keep, base=base,
+                       details=details, curves=(score0, curves))

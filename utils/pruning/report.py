@@ -38,7 +38,13 @@ def _method_lines(s: dict, b: dict, a: dict) -> list[str]:
     if s.get("flops_target"):
         lines.append(f"FLOPs target {s['flops_target']:g} of the original ({s['target_GFLOPs']:.3f} GFLOPs); "
                      + (f"percent {s['percent_used']:.4f} lands on it." if "percent_used" in s else ""))
-    if m == "eagleeye":
+    if m == "sensitivity":
+        ratios = ", ".join(map(str, s["ratios"]))
+        lines.append(f"Method `sensitivity`: each layer cut by the largest of the ratios {ratios} whose mAP50 drop "
+                     f"(that layer alone, adaptive BN, held-out training images; unpruned {s['sensitivity_base']:.3f}) "
+                     f"is at most {s['max_drop_used']:.4f}, all in one pass, then adaptive BN on {s['calib_batches']} "
+                     "batches. Per-layer ratios below; curves in sensitivity.csv/png.")
+    elif m == "eagleeye":
         c = s["candidates"][s["best"]]
         lines.append(f"Method `eagleeye`: {len(s['candidates'])} random sub-nets at the target, {s['calib_batches']} "
                      f"calibration batches for adaptive BN, scored by mAP50 on held-out training images. Chosen: "
@@ -51,9 +57,39 @@ def _method_lines(s: dict, b: dict, a: dict) -> list[str]:
                   f"removed), group score `{s['group_score']}`, skip shortcut {s['skip_shortcut']}, min channels "
                   f"{s['min_channels']}, round to {s['round_to']}.",
                   f"Largest safe percent (no layer emptied by the threshold alone): {s['safe_percent']:.3f}."]
+        if m == "taylor":
+            lines.append(f"Channel score: first-order Taylor |sum of gamma*dL/dgamma + beta*dL/dbeta over a group's "
+                         f"BNs|, averaged over {s['calib_batches']} training batches.")
+    if s.get("adaptive_bn") and m not in ("eagleeye", "sensitivity"):
+        lines.append(f"BN statistics recomputed on {s['calib_batches']} training batches (--adaptive-bn).")
     lines.append(f"Removed {s['group_channels'] - s['group_channels_kept']} of {s['group_channels']} group channels "
                  f"({s['removed_share']:.1%}); BN channels {b['bn_channels']} -> {a['bn_channels']}.")
     return lines
+
+
+def decision(s: dict) -> str:
+    """One console line on what the method decided (report.md says it at length)."""
+    if s["method"] == "unstructured":
+        return f"{s['zero_share']:.2%} of conv weights are zero; dense kernels do not run faster (see report.md)"
+    parts = [f"removed {len(s['removed_blocks'])} bottleneck(s)"] if "removed_blocks" in s else []
+    if s["method"] == "layer":
+        return ", ".join(parts)
+    if s["method"] == "eagleeye":
+        c = s["candidates"][s["best"]]
+        parts.append(f"best of {len(s['candidates'])} candidates: mAP50 {c['score_adaptive']:.3f} on held-out images "
+                     f"after adaptive BN ({c['score_inherited']:.3f} before); mean adaptive-BN gain "
+                     f"{s['adaptive_bn_gain']:+.3f}")
+    elif s["method"] == "sensitivity":
+        cut = sum(x["ratio"] > 0 for x in s["layer_ratios"])
+        parts.append(f"{cut} of {len(s['layer_ratios'])} layers cut, each costing at most {s['max_drop_used']:.4f} "
+                     f"mAP50 alone (unpruned {s['sensitivity_base']:.3f})")
+    else:
+        if "percent_used" in s:
+            parts.append(f"percent {s['percent_used']:.4f} for the FLOPs target")
+        parts.append(f"threshold {s['threshold']:.4g}")
+    safe = f" (safe maximum {s['safe_percent']:.3f})" if s["safe_percent"] == s["safe_percent"] else ""
+    parts.append(f"{s['removed_share']:.1%} of group channels removed{safe}")
+    return ", ".join(parts)
 
 
 def markdown(r: dict) -> str:
@@ -74,6 +110,9 @@ def markdown(r: dict) -> str:
                   "|---|---|---|---|"]
         lines += [f"| {i}{' (chosen)' if i == s['best'] else ''} | {c['gflops']:.3f} | {c['score_inherited']:.4f} | "
                   f"{c['score_adaptive']:.4f} |" for i, c in enumerate(s["candidates"])]
+    if s["method"] == "sensitivity":
+        lines += ["", "## Ratio per layer", "", "| layer | ratio | kept | total |", "|---|---|---|---|"]
+        lines += [f"| {x['layer']} | {x['ratio']:g} | {x['kept']} | {x['channels']} |" for x in s["layer_ratios"]]
     if s["method"] == "unstructured":
         lines += ["", "## Zero weights per conv", "", "| conv | zeros | weights | zero share |", "|---|---|---|---|"]
         lines += [f"| {x['name']} | {x['zeros']} | {x['weights']} | {x['zeros'] / x['weights']:.2f} |"
