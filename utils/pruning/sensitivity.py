@@ -178,7 +178,7 @@ def plot(path: Path, base: float, curves: Sequence[Curve], title: str = "") -> l
     ax.set_ylabel("mAP50 on held-out training images")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, max(base, max((max(c.scores) for c in curves), default=0)) * 1.05 + 1e-3)
-    ax.set_title(title or f"Sensitivity of {len(curves)} layers")
+    ax.set_title(title or f"Sensitivity of {len(curves)} layers", fontsize=9)
     ax.legend(loc="lower left")
     fig.savefig(path, dpi=150)
     plt.close(fig)
