@@ -33,14 +33,13 @@ from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-import numpy as np
-
 import val
-from train import scale_hyp
 from models.yolo import DetectionModel
+from train import scale_hyp
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.data import check_dataset
 from utils.dataloaders import create_dataloader
@@ -48,13 +47,12 @@ from utils.errors import UserError, cli
 from utils.files import increment_path, yaml_load
 from utils.labels import list_images
 from utils.log import LOGGER, colorstr
-from utils.pruning.eagleeye import plot_candidates
-from utils.pruning.graph import probe_size
 from utils.loss import ComputeLoss
 from utils.pruning import sensitivity
-from utils.pruning.graph import build_groups
-from utils.pruning.pruner import METHODS, NEEDS_DATA, PruneResult, PruneSettings, SearchData, prune_model, \
-    sensitivity_curves
+from utils.pruning.eagleeye import plot_candidates
+from utils.pruning.graph import build_groups, probe_size
+from utils.pruning.pruner import METHODS, NEEDS_DATA, PruneResult, PruneSettings, SearchData, importance, \
+    prune_model, sensitivity_curves
 from utils.pruning.sensitivity import RATIOS
 from utils.pruning.report import EVAL_KEYS, decision, plot_channels, write_report
 from utils.pruning.yaml_writer import save_model_yaml
@@ -122,13 +120,20 @@ def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> Search
     hold_loader = create_dataloader(hold, opt.imgsz, opt.batch_size, stride, rect=True, pad=0.5, workers=opt.workers,
                                     nc=data["nc"], prefix=colorstr("held-out: "))[0]
     LOGGER.info(f"{PREFIX}{len(batches)} training batches from {len(rest)} images; held-out mAP50 on {len(hold)}")
-    hyp = scale_hyp(yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml"), model.model[-1].nl, data["nc"], opt.imgsz, 0.0)
+    return SearchData(batches, lambda m: val.evaluate_model(m, hold_loader, m.names)["mAP50"],
+                      yolo_loss(model.model[-1].nl, data["nc"], opt.imgsz))
+
+
+def yolo_loss(nl: int, nc: int, imgsz: int):
+    """SearchData.loss: a model -> its YOLOv5 training loss (hyp.scratch-low's gains scaled as train.py scales them)
+    as a function of (model output in train or eval mode, targets) -> scalar."""
+    hyp = scale_hyp(yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml"), nl, nc, imgsz, 0.0)
 
     def loss(m: nn.Module):
         fn = ComputeLoss(m, hyp=hyp)
         return lambda out, targets: fn(out[1] if isinstance(out, tuple) else out, targets)[0].sum()
 
-    return SearchData(batches, lambda m: val.evaluate_model(m, hold_loader, m.names)["mAP50"], loss)
+    return loss
 
 
 @torch.no_grad()
@@ -284,7 +289,7 @@ def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: 
     t0 = time.time()
     groups = build_groups(model, settings.skip_shortcut)
     try:
-        base, curves = sensitivity_curves(model, groups, settings, search)
+        base, curves = sensitivity_curves(model, groups, importance(model, groups, settings), settings, search)
     except ValueError as e:
         raise UserError(str(e)) from None
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)

@@ -4,7 +4,7 @@
         --imgsz 320 --flops-target 0.6 --finetune-epochs 10
     python benchmarks/methods.py --weights base.pt --sparse-weights sparse.pt ...   # slim from a sparse-trained model
 
-    python benchmarks/methods.py --weights yolov5n.pt --data data/coco128.yaml --imgsz 640 --match-slim-percent 0.5 \
+    python benchmarks/methods.py --weights yolov5n.pt --data data/coco128.yaml --imgsz 640 --match-slim-percent 0.5 \\
         --methods slim l1 taylor sensitivity --finetune-epochs 0      # pruning without sparse training, right after
 
 Rows: slim (|gamma|; from --sparse-weights when given, else from the base model: slimming without sparse training),
@@ -14,8 +14,7 @@ layer+slim (--layers residual bottlenecks, then slim to the target) and unstruct
 zeroed as the FLOPs cut: its FLOPs do not fall). --match-slim-percent P sets the FLOPs target to what
 `prune.py --percent P` leaves of --weights (the FLOPs of slimming by that percent). Each is pruned by prune.py
 (evaluated right after), fine-tuned by finetune.py, and all of them are compared by one val.py call with batch-1 CPU
-latency. Outputs: runs/benchmarks/methods/exp/{summary.md, summary.json,
-commands.sh} and each stage's own folder.
+latency. Outputs: runs/benchmarks/methods/exp/{summary.md, summary.json, commands.sh} and each stage's own folder.
 """
 
 from __future__ import annotations

@@ -92,22 +92,12 @@ def test_a_residual_group_gets_one_score_from_all_its_bns(n_model):
 
 def _search_data(model, n=2):
     """Training batches with real targets and the YOLOv5 loss, as prune.py builds them."""
-    from train import scale_hyp
-    from utils.files import yaml_load
-    from utils.loss import ComputeLoss
-
     g = torch.Generator().manual_seed(5)
     batches = []
     for _ in range(n):
         t = torch.tensor([[0, 0, 0.3, 0.4, 0.2, 0.3], [0, 2, 0.7, 0.6, 0.3, 0.2], [1, 1, 0.5, 0.5, 0.4, 0.4]])
         batches.append((torch.rand(2, 3, 64, 64, generator=g), t))
-    hyp = scale_hyp(yaml_load(Path(prune.ROOT) / "data/hyps/hyp.scratch-low.yaml"), 3, 3, 64, 0.0)
-
-    def loss(m):
-        fn = ComputeLoss(m, hyp=hyp)
-        return lambda out, t: fn(out[1], t)[0].sum()
-
-    return SearchData(batches, None, loss)
+    return SearchData(batches, None, prune.yolo_loss(3, 3, 64))
 
 
 def test_taylor_prunes_to_a_flops_target_and_rebuilds(n_model):

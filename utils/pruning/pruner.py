@@ -47,10 +47,11 @@ class SearchData:
     def images(self) -> list[torch.Tensor]:
         return [b[0] for b in self.batches]
 
-    def need(self, what: str, method: str) -> None:
+    def need(self, flag: str, *what: str) -> None:
+        """ValueError naming `flag` (e.g. "--method taylor") when any of the fields `what` is missing."""
         missing = {"batches": not self.batches, "score": self.score is None, "loss": self.loss is None}
-        if missing[what]:
-            raise ValueError(f"--method {method} needs --data (training batches and held-out images)")
+        if any(missing[w] for w in what):
+            raise ValueError(f"{flag} needs --data (training batches and held-out images)")
 
 
 @dataclass
@@ -139,25 +140,24 @@ def importance(model: nn.Module, groups: list[ChannelGroup], settings: PruneSett
         return l1_scores(model, groups)
     if settings.method == "taylor":
         data = data or SearchData()
-        data.need("batches", "taylor")
-        data.need("loss", "taylor")
+        data.need("--method taylor", "batches", "loss")
         return taylor_scores(model, groups, data.batches, data.loss(model))
     raise ValueError(f"method '{settings.method}' has no channel importance")
 
 
-def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], settings: PruneSettings,
-                       data: SearchData) -> tuple[float, list[Curve]]:
-    """The per-layer analysis (or the one in data.curves, checked to describe these groups)."""
+def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], scores: list[torch.Tensor],
+                       settings: PruneSettings, data: SearchData) -> tuple[float, list[Curve]]:
+    """The per-layer analysis (or the one in data.curves, checked to describe these groups); `scores` rank the
+    channels within each group (importance() of method sensitivity: filter norms)."""
     if data.curves is not None:
         base, curves = data.curves
         if [c.channels for c in curves] != [g.channels for g in groups]:
             raise ValueError("the sensitivity analysis given was made for another model (its layers and widths "
                              "differ from this one's groups); run prune.py --sensitivity on this model")
         return base, curves
-    data.need("batches", "sensitivity")
-    data.need("score", "sensitivity")
-    return sensitivity.analyze(model, groups, l1_scores(model, groups), data.images, data.score, settings.ratios,
-                               settings.min_channels, settings.round_to)
+    data.need("--method sensitivity", "batches", "score")
+    return sensitivity.analyze(model, groups, scores, data.images, data.score, settings.ratios, settings.min_channels,
+                               settings.round_to)
 
 
 def layer_table(before: nn.Module, after: nn.Module) -> list[dict]:
@@ -197,7 +197,7 @@ def prune_model(model: nn.Module, settings: PruneSettings, data: SearchData | No
     settings.check()
     data = data or SearchData()
     if settings.adaptive_bn:
-        data.need("batches", "--adaptive-bn")
+        data.need("--adaptive-bn", "batches")
     model = model.float().eval()
     result = _prune(model, settings, data)
     if settings.adaptive_bn and settings.method not in ("eagleeye", "sensitivity"):
@@ -231,8 +231,7 @@ def _prune(model: nn.Module, settings: PruneSettings, data: SearchData) -> Prune
         return _by_sensitivity(base, groups, scores, settings, data, cost, target, details)
     if cost is not None:
         if settings.method == "eagleeye":
-            data.need("batches", "eagleeye")
-            data.need("score", "eagleeye")
+            data.need("--method eagleeye", "batches", "score")
             pruned, cands, best = eagleeye.search(base, groups, scores, cost, target, settings.candidates,
                                                   data.images, data.score, settings.seed, settings.min_channels,
                                                   settings.round_to)
@@ -255,7 +254,7 @@ def _by_sensitivity(base: nn.Module, groups: list[ChannelGroup], scores: list[to
                     data: SearchData, cost: ChannelCost | None, target: float, details: dict) -> PruneResult:
     """Each layer pruned by the largest analysed ratio that alone costs at most --max-drop (or the drop that lands
     on the FLOPs target), in one pass; the result's BN statistics recomputed as in the analysis."""
-    score0, curves = sensitivity_curves(base, groups, settings, data)
+    score0, curves = sensitivity_curves(base, groups, scores, settings, data)
     max_drop = settings.max_drop
     if cost is not None:
         max_drop = sensitivity.drop_for_flops(curves, score0, cost.gflops, target, settings.min_channels,
