@@ -2,6 +2,7 @@
 
     python detect.py --weights yolov5n.pt --source path/to/images
     python detect.py --weights best.pt --source 'data/*.jpg' --save-txt --save-conf
+    python detect.py --weights best-int8.onnx --source path/to/images    # an export.py file, ONNX Runtime on CPU
 
 Writes runs/detect/exp/: annotated images, labels/*.txt with --save-txt, and detections.json.
 """
@@ -25,6 +26,7 @@ from utils.files import atomic_write, increment_path
 from utils.labels import label_lines
 from utils.log import LOGGER, colorstr
 from utils.nms import non_max_suppression
+from utils.onnx_backend import OnnxModel, is_onnx
 from utils.torch_utils import model_info, select_device, time_sync
 
 ROOT = Path(__file__).resolve().parent
@@ -35,14 +37,20 @@ def run(opt: argparse.Namespace) -> dict:
     if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
         raise UserError("--conf-thres and --iou-thres must be between 0 and 1")
     device = select_device(opt.device)
-    model = load_model(opt.weights, device, fuse=True)
-    model_info(model, opt.imgsz)
-    half = opt.half and device.type != "cpu"
-    model.half() if half else model.float()
+    half, fixed = opt.half and device.type != "cpu", None
+    if is_onnx(opt.weights):
+        model, half = OnnxModel(opt.weights), False
+        fixed = model.imgsz  # a fixed-shape export takes exactly its own size
+        if fixed and opt.imgsz != max(fixed):
+            LOGGER.info(f"{opt.weights} was exported for {fixed[0]}x{fixed[1]} input: using that size")
+    else:
+        model = load_model(opt.weights, device, fuse=True)
+        model_info(model, opt.imgsz)
+        model.half() if half else model.float()
     names = model.names
     stride = max(int(model.stride.max()), 32)
-    imgsz = int(-(-opt.imgsz // stride) * stride)
-    source = LoadImages(opt.source, img_size=imgsz, stride=stride)
+    imgsz = fixed or int(-(-opt.imgsz // stride) * stride)
+    source = LoadImages(opt.source, img_size=imgsz, stride=stride, auto=fixed is None)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     if opt.save_txt:
         (save_dir / "labels").mkdir(exist_ok=True)
@@ -76,7 +84,7 @@ def run(opt: argparse.Namespace) -> dict:
             cv2.imwrite(str(save_dir / p.name), im0)
     n = max(len(results), 1)
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s"
-                % (*(t / n * 1e3 for t in dt), (1, 3, imgsz, imgsz)))
+                % (*(t / n * 1e3 for t in dt), (1, 3, *(fixed or (imgsz, imgsz)))))
     atomic_write(save_dir / "detections.json", lambda f: json.dump(results, f, indent=1), mode="w")
     LOGGER.info(f"{len(results)} images, results saved to {colorstr('bold', str(save_dir))}")
     return results

@@ -2,6 +2,7 @@
 
     python val.py --weights yolov5n.pt --data coco128.yaml --imgsz 640
     python val.py --weights base.pt pruned.pt finetuned.pt --data data/synthetic.yaml   # one comparison table
+    python val.py --weights best.pt best.onnx best-int8.onnx          # exported files (ONNX Runtime, CPU) beside
 
 Writes runs/val/exp/metrics.json: a list with one object per weights file.
 """
@@ -30,6 +31,7 @@ from utils.labels import label_lines
 from utils.log import LOGGER, colorstr
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
+from utils.onnx_backend import OnnxModel, is_onnx
 from utils.latency import measure, torch_runner
 from utils.torch_utils import model_info, select_device, time_sync
 
@@ -81,7 +83,7 @@ def evaluate(model, dataloader, names: dict[int, str], conf_thres: float = 0.001
     class_map: when given, COCO-json records are collected with these category ids (index = class).
     compute_loss: a callable(train_out, targets) -> (loss, loss_items); the mean of loss_items is returned.
     """
-    device = next(model.parameters()).device
+    device = model.device if isinstance(model, OnnxModel) else next(model.parameters()).device
     model.eval()
     nc = 1 if single_cls else len(names)
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
@@ -178,12 +180,14 @@ def _annotations_file(data: dict) -> Path | None:
 
 
 def val_loader(data: dict, task: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
-               single_cls: bool = False, source: str = "dataset yaml"):
-    """The evaluation loader of a split ('train', 'val', 'test'; 'speed' = val without rectangular batches)."""
+               single_cls: bool = False, source: str = "dataset yaml", square: bool = False):
+    """The evaluation loader of a split ('train', 'val', 'test'; 'speed' = val without rectangular batches).
+
+    square: every image letterboxed to imgsz x imgsz (task 'speed', and models exported for one fixed shape)."""
     split = task if task in ("train", "val", "test") else "val"
     if not data.get(split):
         raise UserError(f"{source}: no '{split}' split given")
-    pad, rect = (0.0, False) if task == "speed" else (0.5, True)
+    pad, rect = (0.0, False) if task == "speed" or square else (0.5, True)
     return create_dataloader(data[split], imgsz, batch_size, stride, rect=rect, pad=pad, workers=workers,
                              nc=None if single_cls else data["nc"], prefix=colorstr(f"{split}: "))[0]
 
@@ -195,30 +199,48 @@ def evaluate_model(model, loader, names: dict[int, str] | None = None, **kwargs)
     return {"P": res.mp, "R": res.mr, "mAP50": res.map50, "mAP50-95": res.map}
 
 
-def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path, device: torch.device) -> dict:
-    """Evaluate one checkpoint; print its table; return its metrics.json record."""
+def _load_for_val(w: str, opt: argparse.Namespace, device: torch.device):
+    """(model, params, GFLOPs, half, imgsz, batch size, square) for a .pt checkpoint or an exported .onnx file."""
+    if is_onnx(w):
+        model = OnnxModel(w)
+        imgsz, batch, square = opt.imgsz, opt.batch_size, False
+        if model.imgsz is not None:  # a fixed-shape export: batch 1, square letterbox at its size
+            if model.imgsz[0] != model.imgsz[1]:
+                raise UserError(f"{w} was exported at {model.imgsz[0]}x{model.imgsz[1]}; val.py needs a square "
+                                "export or one with --dynamic")
+            if opt.imgsz != model.imgsz[0] or opt.batch_size != 1:
+                LOGGER.info(f"{w} was exported for 1x3x{model.imgsz[0]}x{model.imgsz[1]}: evaluating at batch 1, "
+                            f"square {model.imgsz[0]} (rectangular batches need an export with --dynamic)")
+            imgsz, batch, square = model.imgsz[0], 1, True
+        return model, model.params, model.gflops, False, imgsz, batch, square
     model = load_model(w, device)
     info = model_info(model, opt.imgsz)  # the summary line; params and GFLOPs of the unfused model, as trained
-    params, gflops = info["params"], info["GFLOPs"]
     model.fuse()
     half = opt.half and device.type != "cpu"  # fp16 only on CUDA
     model.half() if half else model.float()
+    return model, info["params"], info["GFLOPs"], half, opt.imgsz, opt.batch_size, False
+
+
+def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path, device: torch.device) -> dict:
+    """Evaluate one checkpoint or .onnx file; print its table; return its metrics.json record."""
+    model, params, gflops, half, imgsz, batch_size, square = _load_for_val(w, opt, device)
     stride = max(int(model.stride.max()), 32)
-    imgsz = int(np.ceil(opt.imgsz / stride) * stride)
-    if imgsz != opt.imgsz:
+    if imgsz % stride:
+        imgsz = int(np.ceil(imgsz / stride) * stride)
         LOGGER.warning(f"WARNING: --imgsz {opt.imgsz} must be a multiple of stride {stride}, using {imgsz}")
     names = {0: "item"} if opt.single_cls else model.names
     if not opt.single_cls and len(names) != data["nc"]:
         raise UserError(f"{w} predicts {len(names)} classes but {opt.data} has nc={data['nc']}")
-    loader = val_loader(data, opt.task, imgsz, opt.batch_size, stride, opt.workers, opt.single_cls, opt.data)
-    model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))  # warm-up
+    loader = val_loader(data, opt.task, imgsz, batch_size, stride, opt.workers, opt.single_cls, opt.data, square)
+    if not is_onnx(w):
+        model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))  # warm-up
     annotations = _annotations_file(data) if opt.save_json else None
     class_map = _class_map(data["names"], annotations) if opt.save_json else None
     res = evaluate(model, loader, names, opt.conf_thres, opt.iou_thres, opt.max_det, half, opt.single_cls,
                    save_dir, opt.plots, opt.save_txt, opt.save_conf, class_map)
     print_results(res, names, opt.verbose)
     LOGGER.info("Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s"
-                % (*res.speed, (opt.batch_size, 3, imgsz, imgsz)))
+                % (*res.speed, (batch_size, 3, imgsz, imgsz)))
     record = {"weights": str(w), "P": res.mp, "R": res.mr, "mAP50": res.map50, "mAP50-95": res.map,
               "params": params, "GFLOPs": round(gflops, 3), "ms_per_img": round(res.speed[1], 3),
               "file_MB": round(file_size_mb(w), 3), "imgsz": imgsz, "images": res.seen, "instances": int(res.nt.sum()),
@@ -237,8 +259,10 @@ def batch1_latency(records: list[dict], imgsz: int, device: torch.device, runs: 
     """Add each model's batch-1 latency (fused, fp32, interleaved rounds, median) to its record."""
     runners = {}
     for i, r in enumerate(records):
-        model = load_model(r["weights"], device, fuse=True)
-        runners[i] = torch_runner(model, imgsz, device)
+        if is_onnx(r["weights"]):
+            runners[i] = OnnxModel(r["weights"]).runner(imgsz)
+        else:
+            runners[i] = torch_runner(load_model(r["weights"], device, fuse=True), imgsz, device)
     LOGGER.info(f"Batch-1 latency at {imgsz}: {runs} runs per model in interleaved rounds...")
     for i, t in measure(runners, runs=runs, rounds=5).items():
         records[i].update(b1_ms=round(t["ms"], 2), b1_ms_p10=round(t["p10"], 2), b1_ms_p90=round(t["p90"], 2))

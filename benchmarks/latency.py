@@ -1,0 +1,113 @@
+"""Batch-1 latency of a base and a pruned model: PyTorch eager, ONNX Runtime fp32 and int8, several sizes, one run.
+
+    python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --imgsz 320 640
+    python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --map   # + mAP50
+
+Each size gets its own fixed-shape exports (fp32, and int8 calibrated on --data's train images) under
+runs/benchmarks/latency/; all models of a size are timed in interleaved rounds (utils/latency.py), medians over
+--runs calls after warm-up, with the ratio to the base PyTorch fp32 model. --map evaluates every model of the largest
+size with val.py on --data. Writes latency.json and latency.md. On CUDA (--device 0) the PyTorch rows run fp16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import export  # noqa: E402
+import val  # noqa: E402
+from utils.checkpoint import load_model  # noqa: E402
+from utils.files import atomic_write, file_size_mb  # noqa: E402
+from utils.latency import measure, torch_runner  # noqa: E402
+from utils.log import LOGGER  # noqa: E402
+from utils.onnx_backend import OnnxModel  # noqa: E402
+from utils.torch_utils import select_device  # noqa: E402
+
+
+def export_size(name: str, w: Path, size: int, opt: argparse.Namespace, out: Path) -> dict:
+    ns = Namespace(imgsz=[size, size], dynamic=False, opset=export.OPSET, int8=True, data=opt.data,
+                   calib_images=opt.calib_images, calibration="minmax")
+    return export.export_weights(w, ns, out / f"{name}-{size}.onnx")
+
+
+def rows_for_size(size: int, models: dict[str, Path], opt, out: Path, device: torch.device) -> list[dict]:
+    runners, files = {}, {}
+    half = device.type == "cuda"
+    for name, w in models.items():
+        m = load_model(w, device, fuse=True)
+        runners[(name, "pytorch fp16" if half else "pytorch fp32")] = torch_runner(m.half() if half else m, size,
+                                                                                    device)
+        files[(name, "pytorch fp16" if half else "pytorch fp32")] = w
+        e = export_size(name, w, size, opt, out)
+        for backend, f in (("onnxruntime fp32", e["onnx"]), ("onnxruntime int8", e["int8"])):
+            runners[(name, backend)] = OnnxModel(f).runner(size)
+            files[(name, backend)] = Path(f)
+    LOGGER.info(f"\nlatency at {size}: {opt.runs} runs per model in 5 interleaved rounds...")
+    times = measure(runners, runs=opt.runs, rounds=5, warmup=5)
+    base = times[next(iter(runners))]["ms"]
+    return [{"imgsz": size, "model": name, "backend": backend, "ms": round(t["ms"], 2), "p10": round(t["p10"], 2),
+             "p90": round(t["p90"], 2), "ratio": round(t["ms"] / base, 3), "file": str(files[(name, backend)]),
+             "file_MB": round(file_size_mb(files[(name, backend)]), 2)} for (name, backend), t in times.items()]
+
+
+def add_map(rows: list[dict], opt: argparse.Namespace, out: Path) -> None:
+    size = max(r["imgsz"] for r in rows)
+    mine = [r for r in rows if r["imgsz"] == size]
+    vopt = val.parse_opt(["--weights", *[r["file"] for r in mine], "--data", opt.data, "--imgsz", str(size),
+                          "--project", str(out), "--name", "val", "--exist-ok", "--latency-runs", "0",
+                          "--batch-size", "1", "--task", "val", "--no-plots", "--workers", "2"])
+    for r, rec in zip(mine, val.run(vopt)):
+        r["mAP50"], r["mAP50-95"] = round(rec["mAP50"], 4), round(rec["mAP50-95"], 4)
+
+
+def table(rows: list[dict]) -> str:
+    has_map = any("mAP50" in r for r in rows)
+    head = "| size | model | backend | ms (median) | p10-p90 | vs base PyTorch | MB |" + (" mAP50 |" if has_map else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        m = f" {r['mAP50']:.3f} |" if "mAP50" in r else (" |" if has_map else "")
+        lines.append(f"| {r['imgsz']} | {r['model']} | {r['backend']} | {r['ms']:.1f} | {r['p10']:.1f}-{r['p90']:.1f} "
+                     f"| {r['ratio']:.2f}x | {r['file_MB']:.2f} |{m}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="base checkpoint")
+    p.add_argument("--pruned", default=None, help="pruned (or finetuned) checkpoint")
+    p.add_argument("--data", required=True, help="dataset yaml: int8 calibration images (and --map)")
+    p.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
+    p.add_argument("--runs", type=int, default=60, help="timed calls per model and size (>= 50 recommended)")
+    p.add_argument("--calib-images", type=int, default=100)
+    p.add_argument("--map", action="store_true", help="also mAP50 of every model at the largest size (val.py)")
+    p.add_argument("--device", default="cpu", help="PyTorch device (ONNX Runtime runs on the CPU)")
+    p.add_argument("--out", default=str(ROOT / "runs/benchmarks/latency"))
+    opt = p.parse_args()
+    models = {"base": Path(opt.weights), **({"pruned": Path(opt.pruned)} if opt.pruned else {})}
+    for w in models.values():
+        if not w.is_file():
+            sys.exit(f"ERROR: weights not found: {w}")
+    out = Path(opt.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = select_device(opt.device)
+    rows = [r for s in opt.imgsz for r in rows_for_size(s, models, opt, out, device)]
+    if opt.map:
+        add_map(rows, opt, out)
+    md = table(rows)
+    threads = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    print(f"\n{threads}; batch 1, medians over {opt.runs} runs after warm-up, interleaved rounds\n\n{md}")
+    atomic_write(out / "latency.json", lambda f: json.dump(rows, f, indent=1), mode="w")
+    atomic_write(out / "latency.md", lambda f: f.write(f"{threads}\n\n{md}\n"), mode="w")
+    print(f"\nwritten: {out / 'latency.md'}, {out / 'latency.json'}")
+
+
+if __name__ == "__main__":
+    main()

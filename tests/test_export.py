@@ -1,0 +1,191 @@
+"""export.py: ONNX fp32 equal to PyTorch (plain, dynamic, pruned models), int8 close in mAP, and .onnx weights in val.py
+and detect.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import detect
+import export
+import val
+from conftest import ROOT, assert_one_line_error, make_dataset, run_script, shared_path
+from models.yolo import DetectionModel
+from utils.checkpoint import load_model, save_checkpoint
+from utils.errors import UserError
+from utils.onnx_backend import OnnxModel, read_metadata
+from utils.pruning.pruner import PruneSettings, prune_model
+from utils.quantize import decode_nodes
+from utils.torch_utils import count_params
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from slim_speed import spread_gammas  # noqa: E402
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _ckpt(model, path: Path) -> Path:
+    save_checkpoint({"model": model.half(), "ema": None, "epoch": -1, "opt": {}}, path)
+    model.float()
+    return path
+
+
+@pytest.fixture(scope="module")
+def n_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    m = spread_gammas(DetectionModel("yolov5n.yaml", nc=3), 0, running_stats=True).eval()
+    m.names = {0: "a", 1: "b", 2: "c"}
+    return _ckpt(m, tmp_path_factory.mktemp("n") / "n.pt")
+
+
+def _torch_out(w: Path, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return load_model(w, fuse=True)(torch.from_numpy(x))[0].numpy()
+
+
+def test_onnx_equals_pytorch_and_carries_metadata(n_ckpt):
+    rec = export.main(["--weights", str(n_ckpt), "--imgsz", "192", "256"])[0]
+    f = Path(rec["onnx"])
+    assert f == n_ckpt.with_suffix(".onnx") and rec["max_abs_diff"] < 1e-3
+    m = OnnxModel(f)
+    assert m.imgsz == (192, 256) and not m.dynamic and m.names == {0: "a", 1: "b", 2: "c"}
+    assert m.params == count_params(load_model(n_ckpt)) and m.gflops > 0
+    assert read_metadata(f)["precision"] == "fp32"
+    x = np.random.default_rng(3).random((1, 3, 192, 256), dtype=np.float32)
+    ref = _torch_out(n_ckpt, x)
+    y = m(torch.from_numpy(x))[0].numpy()
+    assert y.shape == ref.shape == (1, 3 * (6 * 8 + 12 * 16 + 24 * 32), 8)
+    np.testing.assert_allclose(y, ref, atol=1e-3, rtol=1e-4)
+    with pytest.raises(UserError, match="--dynamic"):
+        m(torch.zeros(1, 3, 256, 256))
+
+
+def test_dynamic_export_takes_other_sizes_and_batches(n_ckpt, tmp_path):
+    w = shutil.copy(n_ckpt, tmp_path / "d.pt")
+    f = Path(export.main(["--weights", str(w), "--imgsz", "128", "--dynamic"])[0]["onnx"])
+    m = OnnxModel(f)
+    assert m.dynamic and m.imgsz is None
+    for shape in ((1, 3, 128, 128), (3, 3, 96, 160)):
+        x = np.random.default_rng(1).random(shape, dtype=np.float32)
+        np.testing.assert_allclose(m.run(x), _torch_out(Path(w), x), atol=1e-3, rtol=1e-4)
+
+
+def test_pruned_model_exports_and_matches(n_ckpt, tmp_path):
+    res = prune_model(load_model(n_ckpt), PruneSettings(percent=0.5))
+    res.model.names = {0: "a", 1: "b", 2: "c"}
+    w = _ckpt(res.model, tmp_path / "pruned.pt")
+    rec = export.main(["--weights", str(w), "--imgsz", "160"])[0]
+    assert rec["max_abs_diff"] < 1e-3
+    full, pruned = OnnxModel(n_ckpt.with_suffix(".onnx")), OnnxModel(rec["onnx"])
+    assert pruned.params == count_params(res.model) < 0.7 * full.params
+    assert Path(rec["onnx"]).stat().st_size < 0.7 * n_ckpt.with_suffix(".onnx").stat().st_size
+
+
+def test_decode_nodes_are_everything_after_the_last_convs(n_ckpt, tmp_path):
+    import onnx
+
+    w = shutil.copy(n_ckpt, tmp_path / "g.pt")
+    proto = onnx.load(export.main(["--weights", str(w), "--imgsz", "64"])[0]["onnx"])
+    names = set(decode_nodes(proto))
+    by_name = {n.name: n for n in proto.graph.node}
+    ops = {by_name[n].op_type for n in names}
+    assert "Conv" not in ops and {"Sigmoid", "Concat", "Reshape"} <= ops
+    # every excluded node's inputs come from the graph input side only through Convs or other excluded nodes
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    for n in names:
+        for i in by_name[n].input:
+            p = producer.get(i)
+            assert p is None or p.name in names or p.op_type == "Conv"
+    assert sum(by_name[n].op_type == "Sigmoid" for n in names) == 3  # one per Detect level
+
+
+@pytest.mark.slow
+def test_int8_on_a_trained_model_within_3_map_points(tmp_path, shapes_yaml):
+    w = Path(shutil.copy(shared_path("fixtures", "upstream-yolov5n-shapes.pt"), tmp_path / "shapes.pt"))
+    rec = export.main(["--weights", str(w), "--imgsz", "320", "--int8", "--data", str(shapes_yaml),
+                       "--calib-images", "32"])[0]
+    f32, f8 = Path(rec["onnx"]), Path(rec["int8"])
+    assert f8.name == "shapes-int8.onnx" and f8.stat().st_size < 0.4 * f32.stat().st_size
+    meta = read_metadata(f8)
+    assert meta["precision"] == "int8" and meta["calibration_images"] == 32 and meta["params"] == OnnxModel(f32).params
+    records = val.main(["--weights", str(w), str(f32), str(f8), "--data", str(shapes_yaml), "--imgsz", "320",
+                        "--workers", "0", "--latency-runs", "3", "--project", str(tmp_path / "v"), "--no-plots"])
+    pt, fp32, int8 = records
+    assert pt["mAP50"] == pytest.approx(0.711, abs=0.01)  # upstream's val.py figure for this file (rect batches)
+    assert fp32["mAP50"] == pytest.approx(pt["mAP50"], abs=0.02)  # square letterbox instead of rect batches
+    assert abs(int8["mAP50"] - fp32["mAP50"]) <= 0.03
+    assert fp32["params"] == pt["params"] and fp32["GFLOPs"] == pytest.approx(pt["GFLOPs"], rel=1e-3)
+    assert all(r["b1_ms"] > 0 for r in records) and int8["file_MB"] < fp32["file_MB"]
+
+
+def test_val_and_detect_on_a_dynamic_export_match_pytorch(tmp_path, shapes_yaml):
+    w = Path(shutil.copy(shared_path("fixtures", "upstream-yolov5n-shapes.pt"), tmp_path / "s.pt"))
+    f = export.main(["--weights", str(w), "--imgsz", "320", "--dynamic"])[0]["onnx"]
+    common = ["--data", str(shapes_yaml), "--imgsz", "320", "--workers", "0", "--no-plots", "--latency-runs", "0"]
+    a, b = val.main(["--weights", str(w), f, *common, "--project", str(tmp_path / "v")])
+    assert a["mAP50"] == pytest.approx(0.711, abs=0.01)  # upstream's val.py figure; the same rect batches for both
+    for k in ("P", "R", "mAP50", "mAP50-95"):
+        assert a[k] == pytest.approx(b[k], abs=2e-3), k
+    assert a["params"] == b["params"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((shared_path("datasets", "shapes") / "images" / "val").glob("*.jpg"))[:4]:
+        shutil.copy(p, images)
+    det = ["--source", str(images), "--imgsz", "320", "--nosave", "--project", str(tmp_path / "d")]
+    ra, rb = detect.main(["--weights", str(w), *det]), detect.main(["--weights", f, *det])
+    assert ra.keys() == rb.keys() and sum(len(v) for v in ra.values()) >= 4
+    for k in ra:
+        assert len(ra[k]) == len(rb[k])
+        for da, db in zip(ra[k], rb[k]):
+            assert da["class"] == db["class"] and abs(da["conf"] - db["conf"]) < 1e-3
+            assert np.abs(np.subtract(da["xyxy"], db["xyxy"])).max() <= 1.0  # rounded to 0.1 px of whole pixels
+
+
+def test_fixed_export_in_val_uses_batch_1_square(n_ckpt, tmp_path, log_lines):
+    data = make_dataset(tmp_path / "ds", n=3, nc=3)
+    w = shutil.copy(n_ckpt, tmp_path / "f.pt")
+    f = export.main(["--weights", str(w), "--imgsz", "96"])[0]["onnx"]
+    rec = val.main(["--weights", f, "--data", str(data), "--imgsz", "640", "--batch-size", "4", "--workers", "0",
+                    "--no-plots", "--project", str(tmp_path / "v")])[0]
+    assert rec["imgsz"] == 96 and rec["images"] == 3
+    assert any("evaluating at batch 1, square 96" in x for x in log_lines)
+    assert json.loads((tmp_path / "v/exp/metrics.json").read_text())[0]["weights"] == f
+
+
+def test_bad_input_is_one_line(tmp_path, n_ckpt):
+    w = str(n_ckpt)
+    assert_one_line_error(run_script("export.py", "--weights", w, "--include", "tflite"), "tflite", "onnx")
+    assert_one_line_error(run_script("export.py", "--weights", w, "--imgsz", "320", "320", "320"), "--imgsz")
+    assert_one_line_error(run_script("export.py", "--weights", w, "--opset", "11"), "--opset")
+    assert_one_line_error(run_script("export.py", "--weights", str(tmp_path / "none.pt")), "not found")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    assert_one_line_error(run_script("val.py", "--weights", str(junk), "--data", str(make_dataset(tmp_path / "d"))),
+                          "junk.onnx", "not a readable ONNX model")
+    assert_one_line_error(run_script("export.py", "--weights", str(junk)), ".pt")
+
+
+def test_onnx_without_yolo_metadata_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["images"], ["output0"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+                          [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 32, 32])])
+    f = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(g), str(f))
+    with pytest.raises(UserError, match="no YOLOv5 metadata"):
+        OnnxModel(f)
+
+
+def test_coco_fixture_exports_within_tolerance(tmp_path):
+    w = Path(shutil.copy(shared_path("fixtures", "yolov5n-coco.pt"), tmp_path / "c.pt"))
+    rec = export.main(["--weights", str(w), "--imgsz", "320"])[0]
+    assert rec["max_abs_diff"] < 0.01 and OnnxModel(rec["onnx"]).names[0] == "person"
