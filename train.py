@@ -235,6 +235,8 @@ def train(opt: argparse.Namespace, hooks: HookSpec = ()) -> dict:
         data = check_dataset(opt.data, splits=("train", "val"))
     names = {0: "item"} if opt.single_cls else data["names"]
     nc = len(names)
+    # the model first: a bad --weights or --cfg stops the run before it leaves a run folder behind
+    model, ckpt = build_model(opt, nc, hyp, device, ckpt)
     save_dir = save_dir_for(opt)
     if ddp.is_main_process():
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
@@ -243,7 +245,6 @@ def train(opt: argparse.Namespace, hooks: HookSpec = ()) -> dict:
         yaml_save(save_dir / "hyp.yaml", hyp)
         yaml_save(save_dir / "opt.yaml", {**vars(opt), "hyp": None})
     opt.hyp = hyp  # the checkpoint carries the values, so --resume needs no file
-    model, ckpt = build_model(opt, nc, hyp, device, ckpt)
     freeze_layers(model, opt.freeze)
     gs = max(int(model.stride.max()), 32)
     imgsz = int(np.ceil(opt.imgsz / gs) * gs)

@@ -281,8 +281,8 @@ def print_comparison(records: list[dict]) -> None:
                     f"{r['mAP50-95']:>10.3f}{r['params']:>12,}{r['GFLOPs']:>8.2f}{r['ms_per_img']:>8.1f}{lat}"
                     f"{r['file_MB']:>8.2f}")
     if b1:
-        LOGGER.info("ms/img: inference per image at --batch-size; b1 ms: batch-1 median (fused fp32), "
-                    "interleaved rounds")
+        LOGGER.info("ms/img: inference per image at --batch-size; b1 ms: batch-1 median (PyTorch: fused fp32; "
+                    ".onnx: ONNX Runtime, CPU), interleaved rounds")
 
 
 def run(opt: argparse.Namespace) -> list[dict]:

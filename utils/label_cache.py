@@ -21,7 +21,7 @@ from utils.files import atomic_write
 from utils.labels import ImageLabels, img2label_paths, verify_dataset
 from utils.log import LOGGER
 
-CACHE_VERSION = 1  # bump when the verification rules or the file layout change
+CACHE_VERSION = 2  # bump when the verification rules or the file layout change
 
 
 def cache_file(im_files: list[str]) -> Path:

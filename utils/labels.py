@@ -89,6 +89,8 @@ def _parse_label_file(lb_file: str, nc: int | None) -> tuple[np.ndarray, str, li
             v = np.array([v[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], np.float32)
         boxes.append(v)
     lb = np.stack(boxes)
+    if not np.isfinite(lb).all():  # 'nan' and 'inf' parse as floats and slip through every range check below
+        raise ValueError("a value is nan or inf")
     cls = lb[:, 0]
     if (cls < 0).any() or (cls != np.round(cls)).any():
         raise ValueError("class indices must be non-negative integers")

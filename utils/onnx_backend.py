@@ -82,6 +82,7 @@ def export_onnx(model: nn.Module, path: str | Path, imgsz: tuple[int, int], dyna
     kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     axes = {INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch", 1: "boxes"}} if dynamic else None
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.export.tmp")
     try:
         with warnings.catch_warnings():
@@ -136,7 +137,7 @@ class OnnxModel:
         return self.session.run([OUTPUT], {INPUT: x})[0]
 
     def __call__(self, im: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if self.imgsz is not None and tuple(im.shape[2:]) != self.imgsz or (not self.dynamic and im.shape[0] != 1):
+        if not self.dynamic and (tuple(im.shape[2:]) != self.imgsz or im.shape[0] != 1):
             raise UserError(f"{self.path.name} was exported for 1x3x{self.imgsz[0]}x{self.imgsz[1]} input, got "
                             f"{'x'.join(map(str, im.shape))}; export with --dynamic for other shapes")
         y = self.run(np.ascontiguousarray(im.detach().float().cpu().numpy()))
