@@ -31,16 +31,19 @@ FORMATS = ("onnx",)
 ATOL, RTOL = 1e-3, 1e-4
 
 
-def check_outputs(model, onnx_path: Path, x: np.ndarray) -> float:
-    """Max abs difference between PyTorch and ONNX Runtime on x; a mismatch beyond tolerance removes the file."""
+def torch_output(model, x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
-        ref = model(torch.from_numpy(x))[0].numpy()
-    y = OnnxModel(onnx_path).run(x)
+        return model(torch.from_numpy(x))[0].numpy()
+
+
+def check_outputs(session: OnnxModel, x: np.ndarray, ref: np.ndarray) -> float:
+    """Max abs difference between ONNX Runtime on x and PyTorch's `ref`; beyond tolerance the file is removed."""
+    y = session.run(x)
     same = y.shape == ref.shape
     diff = float(np.abs(y - ref).max()) if same else float("inf")
     if not same or not np.allclose(y, ref, atol=ATOL, rtol=RTOL):
-        onnx_path.unlink(missing_ok=True)
-        raise UserError(f"{onnx_path.name}: ONNX Runtime differs from PyTorch by {diff:.3g} on input "
+        session.path.unlink(missing_ok=True)
+        raise UserError(f"{session.path.name}: ONNX Runtime differs from PyTorch by {diff:.3g} on input "
                         f"{'x'.join(map(str, x.shape))} (allowed {ATOL:g} + {RTOL:g}*|y|); the file was removed")
     return diff
 
@@ -68,10 +71,12 @@ def export_weights(w: Path, opt: argparse.Namespace, dst: Path | None = None) ->
                 f"{', dynamic axes' if opt.dynamic else ''}...")
     export_onnx(model, f, imgsz, opt.dynamic, opt.opset, meta)
     x = images[0] if images else np.random.default_rng(0).random((1, 3, *imgsz), dtype=np.float32)
-    diff = check_outputs(model, f, x)
+    ref, session = torch_output(model, x), OnnxModel(f)
+    diff = check_outputs(session, x, ref)
     if opt.dynamic:  # a second batch and size through the same file
         h2, w2 = max(stride, imgsz[0] // 2 // stride * stride), imgsz[1]
-        diff = max(diff, check_outputs(model, f, np.random.default_rng(1).random((2, 3, h2, w2), dtype=np.float32)))
+        x2 = np.random.default_rng(1).random((2, 3, h2, w2), dtype=np.float32)
+        diff = max(diff, check_outputs(session, x2, torch_output(model, x2)))
     out = {"weights": str(w), "onnx": str(f), "max_abs_diff": diff, "imgsz": list(imgsz)}
     LOGGER.info(f"{PREFIX}{f} ({file_size_mb(f):.2f} MB from {file_size_mb(w):.2f} MB), ONNX Runtime vs PyTorch "
                 f"max abs diff {diff:.2g}")
@@ -81,8 +86,6 @@ def export_weights(w: Path, opt: argparse.Namespace, dst: Path | None = None) ->
                     f"{len(images)} images from {opt.data})...")
         quantize_int8(f, f8, images, opt.calibration)
         y8 = OnnxModel(f8).run(x)
-        with torch.inference_mode():
-            ref = model(torch.from_numpy(x))[0].numpy()
         conf = float(np.abs(y8[..., 4] - ref[..., 4]).max())
         out.update(int8=str(f8), int8_conf_diff=conf)
         LOGGER.info(f"{PREFIX}{f8} ({file_size_mb(f8):.2f} MB), objectness max abs diff to PyTorch {conf:.3f} "
