@@ -99,12 +99,47 @@ def _resolve_arg(a: Any, d: dict) -> Any:
     return a
 
 
+def _check_yaml(d: dict, source: str) -> None:
+    """The shape of a model dict, checked before anything is built: a hand-edited yaml fails with one line here."""
+    def num(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not (isinstance(d["nc"], int) and not isinstance(d["nc"], bool) and d["nc"] >= 1):
+        raise UserError(f"{source}: nc must be a positive integer, got {d['nc']!r}")
+    for k in ("depth_multiple", "width_multiple"):
+        if not (num(d.get(k, 1.0)) and d.get(k, 1.0) > 0):
+            raise UserError(f"{source}: {k} must be a positive number, got {d.get(k)!r}")
+    a = d["anchors"]
+    ok = (isinstance(a, int) and not isinstance(a, bool) and a >= 1) or (
+        isinstance(a, list) and a and all(isinstance(r, list) and r and len(r) % 2 == 0 and all(num(v) and v > 0
+                                                                                                for v in r) for r in a))
+    if not ok:
+        raise UserError(f"{source}: anchors must be a list of [w, h, w, h, ...] lists of positive numbers per level, "
+                        f"or a number of anchors per level; got {a!r}")
+    for part in ("backbone", "head"):
+        if not isinstance(d[part], list) or not d[part]:
+            raise UserError(f"{source}: {part} must be a non-empty list of layers")
+    for i, layer in enumerate(d["backbone"] + d["head"]):
+        if not (isinstance(layer, list) and len(layer) == 4):
+            raise UserError(f"{source}: layer {i}: expected [from, number, module, args], got {layer!r}")
+        f, n, name, args = layer
+        froms = f if isinstance(f, list) else [f]
+        if not froms or not all(isinstance(x, int) and not isinstance(x, bool) and -max(i, 1) <= x < i
+                                for x in froms):
+            raise UserError(f"{source}: layer {i}: 'from' must name earlier layers (-1 or indices < {i}), got {f!r}")
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+            raise UserError(f"{source}: layer {i}: number must be a positive integer, got {n!r}")
+        if not isinstance(name, str) or not isinstance(args, list):
+            raise UserError(f"{source}: layer {i}: module must be a name and args a list, got {name!r}, {args!r}")
+
+
 def parse_model(d: dict, ch: list[int], source: str = "model yaml") -> tuple[nn.Sequential, list[int]]:
     """Build the layer list from a model dict; return (layers, indices whose outputs later layers read).
 
     A pruned model's yaml (`exact_widths: true`) gives every width as it is (no rounding to multiples of 8), and a
     block's inner widths as a trailing `{...}` argument: `[-1, 1, C3, [37, True, {cv1: 12, cv2: 9, m: [[7, 12]]}]]`.
     """
+    _check_yaml(d, source)
     anchors, nc = d["anchors"], d["nc"]
     gd, gw = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
     exact = bool(d.get("exact_widths", False))
@@ -136,9 +171,11 @@ def parse_model(d: dict, ch: list[int], source: str = "model yaml") -> tuple[nn.
                 args[1] = [list(range(args[1] * 2))] * len(f)
         else:
             c2 = ch[f]
+        if not all(isinstance(c, int) and c >= 1 for c in ([c2] if isinstance(c2, int) else [0])):
+            raise UserError(f"{source}: layer {i}: {name} would have {c2!r} output channels")
         try:
             m_ = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, RuntimeError) as e:
             raise UserError(f"{source}: layer {i}: bad arguments {args} for {name}: {e}") from None
         m_.i, m_.f, m_.type = i, f, f"{m.__module__}.{m.__name__}"
         m_.np = sum(x.numel() for x in m_.parameters())
@@ -185,7 +222,10 @@ class DetectionModel(nn.Module):
         if anchors:
             LOGGER.info(f"Overriding {source} anchors with anchors={anchors}")
             self.yaml["anchors"] = anchors
-        self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch], source=source)
+        try:
+            self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch], source=source)
+        except (TypeError, IndexError, KeyError, ValueError, ZeroDivisionError) as e:  # args that fit no layer
+            raise UserError(f"{source}: cannot build the model ({type(e).__name__}: {str(e)[:160]})") from None
         self.names = {i: str(i) for i in range(self.yaml["nc"])}
         self.inplace = self.yaml.get("inplace", True)
         self._init_strides(ch)
@@ -201,8 +241,12 @@ class DetectionModel(nn.Module):
         for bn in self.modules():
             if isinstance(bn, nn.BatchNorm2d):
                 bn.eval()  # the dry run must not touch running statistics
-        with torch.no_grad():
-            m.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, ch, s, s))])
+        try:
+            with torch.no_grad():
+                m.stride = torch.tensor([s / x.shape[-2] for x in self.forward(torch.zeros(1, ch, s, s))])
+        except (RuntimeError, TypeError, IndexError, ValueError) as e:  # layers that do not fit together
+            msg = str(e).splitlines()[0][:200]
+            raise UserError(f"the model yaml builds but does not run on a {s}x{s} image: {msg}") from None
         self.train()
         check_anchor_order(m)
         m.anchors /= m.stride.view(-1, 1, 1)

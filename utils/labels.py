@@ -82,11 +82,11 @@ def _parse_label_file(lb_file: str, nc: int | None) -> tuple[np.ndarray, str, li
     for row in rows:
         if len(row) != 5 and (len(row) < 7 or len(row) % 2 == 0):
             raise ValueError(f"a line has {len(row)} fields, expected 5 (class cx cy w h) or a polygon")
-        v = np.array(row, dtype=np.float32)  # ValueError on non-numbers
+        v = np.array(row, dtype=np.float64)  # ValueError on non-numbers; in float64 '1e39' fails a range check
         if len(row) > 5:  # polygon -> its bounding box
             xy = v[1:].reshape(-1, 2)
             (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
-            v = np.array([v[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], np.float32)
+            v = np.array([v[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
         boxes.append(v)
     lb = np.stack(boxes)
     if not np.isfinite(lb).all():  # 'nan' and 'inf' parse as floats and slip through every range check below
@@ -98,6 +98,7 @@ def _parse_label_file(lb_file: str, nc: int | None) -> tuple[np.ndarray, str, li
         raise ValueError(f"class {int(cls.max())} is out of range for nc={nc}")
     if (lb[:, 1:] < 0).any() or (lb[:, 1:] > 1).any():
         raise ValueError("coordinates outside [0, 1] (labels must be normalised)")
+    lb = lb.astype(np.float32)
     _, keep = np.unique(lb, axis=0, return_index=True)
     warnings = []
     if len(keep) < len(lb):
