@@ -44,7 +44,7 @@ from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkp
 from utils.data import check_dataset
 from utils.dataloaders import create_dataloader
 from utils.errors import UserError, cli
-from utils.files import increment_path, yaml_load
+from utils.files import increment_path, staged_outputs, yaml_load
 from utils.labels import list_images
 from utils.log import LOGGER, colorstr
 from utils.loss import ComputeLoss
@@ -255,17 +255,18 @@ def run(opt: argparse.Namespace) -> dict:
     header = (f"Pruned from {weights} by prune.py {command(opt)} ({datetime.now():%Y-%m-%d}).\n"
               "Every width is explicit (exact_widths); C3/SPPF inner widths are the trailing {...} argument.\n"
               "Train from scratch: python train.py --cfg pruned.yaml --weights ''")
-    save_model_yaml(save_dir / "pruned.yaml", pruned.yaml, header, _layer_notes(result.layers, len(pruned.model)))
-    check_rebuild(pruned, save_dir / "pruned.yaml")
     rec = {"weights": str(weights), "save_dir": str(save_dir), "imgsz": opt.imgsz, "data": opt.data or None,
            "eval_split": "val" if data else None, "command": command(opt), "settings": result.summary(),
            "before": before, "after": after, "layers": result.layers, "seconds": 0.0}
-    _plots(result, save_dir, f"{weights.name}: {command(opt)}")
-    if result.curves is not None:
-        sensitivity.save_csv(save_dir / "sensitivity.csv", *result.curves)
-    save_checkpoint(checkpoint(pruned, result, opt, ckpt), save_dir / "pruned.pt")
-    rec["seconds"] = round(time.time() - t0, 2)
-    write_report(save_dir, rec)
+    with staged_outputs(save_dir) as out:  # all or nothing: a rerun into the same folder that dies changes nothing
+        save_model_yaml(out / "pruned.yaml", pruned.yaml, header, _layer_notes(result.layers, len(pruned.model)))
+        check_rebuild(pruned, out / "pruned.yaml")
+        _plots(result, out, f"{weights.name}: {command(opt)}")
+        if result.curves is not None:
+            sensitivity.save_csv(out / "sensitivity.csv", *result.curves)
+        save_checkpoint(checkpoint(pruned, result, opt, ckpt), out / "pruned.pt")
+        rec["seconds"] = round(time.time() - t0, 2)
+        write_report(out, rec)
     print_summary(rec)
     if result.clamped:
         LOGGER.warning(f"{PREFIX}WARNING: {len(result.clamped)} layer(s) had every channel below the threshold and "
@@ -293,8 +294,9 @@ def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: 
     except ValueError as e:
         raise UserError(str(e)) from None
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
-    sensitivity.save_csv(save_dir / "sensitivity.csv", base, curves)
-    sensitivity.plot(save_dir / "sensitivity.png", base, curves, f"{weights.name}: sensitivity of {len(curves)} layers")
+    with staged_outputs(save_dir) as out:
+        sensitivity.save_csv(out / "sensitivity.csv", base, curves)
+        sensitivity.plot(out / "sensitivity.png", base, curves, f"{weights.name}: sensitivity of {len(curves)} layers")
     rank = sensitivity.ranking(curves, base)
     n = min(5, len(rank))
     LOGGER.info(f"\n{PREFIX}unpruned mAP50 {base:.3f} on held-out training images; mean drop over the ratios "

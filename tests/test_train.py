@@ -169,14 +169,18 @@ def test_sigkill_then_resume_finishes_the_planned_epochs(tmp_path):
 
 
 def test_same_seed_same_results(tmp_path, tiny):
+    """Two epochs with the same --seed on CPU: the same results.csv and the same weights; another seed differs."""
     _, _, _, data = tiny
     hyp = str(hyp_file(tmp_path, nbs=4))
-    recs = [train.run(train.parse_opt(tiny_args(tmp_path, data, "--hyp", hyp, "--name", n, "--noplots", epochs=1)))
-            for n in ("a", "b")]
-    rows = [read_csv(tmp_path / "runs" / n / "results.csv") for n in ("a", "b")]
-    assert rows[0] == rows[1]
-    wa, wb = (load_model(r["last"]).state_dict() for r in recs)
+    runs = {"a": "0", "b": "0", "c": "1"}
+    recs = {n: train.run(train.parse_opt(tiny_args(tmp_path, data, "--hyp", hyp, "--name", n, "--noplots", "--seed",
+                                                   seed, epochs=2))) for n, seed in runs.items()}
+    rows = {n: read_csv(tmp_path / "runs" / n / "results.csv") for n in runs}
+    assert len(rows["a"]) == 2 and rows["a"] == rows["b"]
+    assert rows["a"] != rows["c"]
+    wa, wb, wc = (load_model(recs[n]["last"]).state_dict() for n in runs)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
 def test_transfer_from_weights_keeps_anchors_and_reports(tmp_path, tiny, log_lines):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -62,6 +64,38 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+@contextmanager
+def staged_outputs(save_dir: str | Path) -> Iterator[Path]:
+    """A hidden folder inside save_dir for a script's whole set of outputs, moved into save_dir only once every file
+    is written. A run that dies (exception, Ctrl-C, SIGKILL) while writing into an existing folder (--exist-ok)
+    leaves the previous set untouched, never a new yaml beside an old checkpoint. Stale folders of killed runs are
+    removed by the next run."""
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for old in save_dir.glob(".partial-*"):
+        if not _alive(old.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(old, ignore_errors=True)
+    stage = save_dir / f".partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        for f in sorted(stage.iterdir(), key=lambda p: p.stat().st_mtime_ns):  # in the order they were written
+            os.replace(f, save_dir / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def file_size_mb(path: str | Path) -> float:

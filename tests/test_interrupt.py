@@ -1,0 +1,131 @@
+"""Interrupted runs and reproducibility: Ctrl-C and SIGKILL during training and during prune.py leave the previous
+outputs whole (and resumable), and the same seed gives the same pruning."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import prune
+import train
+from conftest import ROOT, make_dataset
+from models.yolo import DetectionModel
+from test_prune import _save, _spread_gammas
+from test_train import hyp_file, read_csv, tiny_args
+from utils.checkpoint import load_checkpoint, load_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _start_and_wait(args: list[str], path: Path, timeout: float = 240) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    t = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t < timeout
+        time.sleep(0.05)
+    return proc
+
+
+def test_ctrl_c_during_training_keeps_last_pt_and_resume_finishes(tmp_path):
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=4)), "--noplots", epochs=4)
+    weights = tmp_path / "runs/exp/weights"
+    proc = _start_and_wait(["train.py", *args], weights / "last.pt")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "Interrupted"
+    ckpt = load_checkpoint(weights / "last.pt")
+    assert ckpt["epoch"] in (0, 1, 2) and ckpt["optimizer"] is not None
+    assert not [p.name for p in weights.iterdir() if p.name.startswith(".")]  # no temp file left by a cut save
+    rows = read_csv(tmp_path / "runs/exp/results.csv")
+    assert [int(r["epoch"]) for r in rows][: ckpt["epoch"] + 1] == list(range(ckpt["epoch"] + 1))
+
+    rec = train.run(train.parse_opt(["--resume", str(weights / "last.pt"), "--workers", "0"]))
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "runs/exp/results.csv")] == [0, 1, 2, 3]
+    assert rec["epochs"] == 3 - ckpt["epoch"] and load_checkpoint(weights / "last.pt")["epoch"] == -1
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return _save(_spread_gammas(DetectionModel("yolov5n.yaml", nc=3)), tmp_path_factory.mktemp("w") / "model.pt")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+DIE_WHILE_SAVING = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import prune
+
+def dying_save(ckpt, path):  # the new pruned.yaml, plots and half a pruned.pt are written when the signal comes
+    with open(path, "wb") as f:
+        f.write(b"half a checkpoint" * 1000)
+    os.kill(os.getpid(), signal.{sig})
+    import time; time.sleep(5)
+
+prune.save_checkpoint = dying_save
+prune.main({argv!r})
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_prune_killed_while_writing_leaves_the_previous_outputs(tmp_path, weights, sig):
+    common = ["--weights", str(weights), "--project", str(tmp_path), "--name", "exp", "--exist-ok"]
+    prune.main([*common, "--percent", "0.3"])
+    out = tmp_path / "exp"
+    before = _snapshot(out)
+    assert {"pruned.pt", "pruned.yaml", "report.md", "report.json", "channels.png"} <= set(before)
+
+    code = DIE_WHILE_SAVING.format(root=str(ROOT), sig=sig, argv=[*common, "--percent", "0.5"])
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if sig == "SIGINT":
+        assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.strip().splitlines()[-1] == "Interrupted"
+        assert sorted(p.name for p in out.iterdir()) == sorted(before)  # the staging folder is gone too
+    else:
+        assert r.returncode == -signal.SIGKILL
+    assert _snapshot(out) == before  # not one byte of the 0.3 run changed
+
+    rec = prune.main([*common, "--percent", "0.5"])  # the next run completes and clears a killed run's leftovers
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert rec["settings"]["percent"] == 0.5
+    shapes = [{k: v.shape for k, v in m.state_dict().items()}
+              for m in (load_model(out / "pruned.pt"), DetectionModel(out / "pruned.yaml"))]
+    assert shapes[0] == shapes[1]  # the yaml and the checkpoint come from the same run
+
+
+def test_prune_is_deterministic(tmp_path, weights):
+    recs = [prune.main(["--weights", str(weights), "--percent", "0.4", "--project", str(tmp_path), "--name", n])
+            for n in ("a", "b")]
+    a, b = (Path(r["save_dir"]) for r in recs)
+    assert (a / "pruned.yaml").read_text() == (b / "pruned.yaml").read_text()
+    sa, sb = load_model(a / "pruned.pt").state_dict(), load_model(b / "pruned.pt").state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_eagleeye_same_seed_same_choice(tmp_path, weights):
+    data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
+
+    def run(name: str, seed: int) -> dict:
+        return prune.main(["--weights", str(weights), "--method", "eagleeye", "--flops-target", "0.6",
+                           "--candidates", "3", "--calib-batches", "1", "--batch-size", "4", "--imgsz", "64",
+                           "--data", str(data), "--workers", "0", "--seed", str(seed), "--project", str(tmp_path),
+                           "--name", name])
+
+    a, b, c = run("a", 0), run("b", 0), run("c", 1)
+    assert a["settings"]["candidates"] == b["settings"]["candidates"]
+    assert (Path(a["save_dir"]) / "pruned.yaml").read_text() == (Path(b["save_dir"]) / "pruned.yaml").read_text()
+    kept = [[c_["kept"] for c_ in r["settings"]["candidates"]] for r in (a, c)]
+    assert kept[0] != kept[1]  # the seed is what draws them
