@@ -3,6 +3,7 @@
     python train_sparse.py --sr 0.001                                     # defaults as train.py's
     python train_sparse.py --weights runs/train/exp/weights/best.pt --data data/synthetic.yaml --epochs 30 --sr 0.005
     python train_sparse.py --weights best.pt --shrink 0.9                 # sr chosen so gamma can move by 0.9
+    python train_sparse.py --weights best.pt --shrink 0.9 --polarize 1.2  # polarization instead of plain L1
     python prune.py --weights last.pt --percent 0.6                       # next step
 
 Adds to runs/train-sparse/exp: results.csv columns sparse/*, bn_gamma.png (the gamma distribution per epoch) and
@@ -30,20 +31,28 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma-lr", type=float, default=1.0,
                    help="multiply the learning rate of the penalised gammas (their gradients, loss and penalty "
                         "alike): the same sr, reached sooner; short runs on small data need it")
+    p.add_argument("--polarize", type=float, default=0.0, metavar="T",
+                   help="polarization regulariser (Zhuang et al. 2020) instead of plain L1: sr * (T|gamma| - "
+                        "|gamma - mean gamma|); T 1.2 pulls gammas below the mean 11x harder than those above it")
+    p.add_argument("--polarize-scope", choices=("layer", "global"), default="layer",
+                   help="the mean gamma of --polarize: per BN layer (every layer splits) or over the network (paper)")
     p.add_argument("--bn-recal", type=int, default=8,
                    help="recompute the EMA model's BN statistics on this many training batches after every epoch "
                         "(0: off); a strong penalty outruns BN's running averages")
     p.set_defaults(project=str(train.ROOT / "runs/train-sparse"))
     opt = train.finalize_opt(p.parse_args(argv))
-    if opt.sr < 0 or (opt.shrink is not None and opt.shrink <= 0) or opt.bn_recal < 0 or opt.gamma_lr <= 0:
-        raise UserError("--sr and --bn-recal must be >= 0, --shrink and --gamma-lr > 0")
+    if opt.sr < 0 or (opt.shrink is not None and opt.shrink <= 0) or opt.bn_recal < 0 or opt.gamma_lr <= 0 \
+            or opt.polarize < 0:
+        raise UserError("--sr, --bn-recal and --polarize must be >= 0, --shrink and --gamma-lr > 0")
     return opt
 
 
 def run(opt: argparse.Namespace) -> dict:
     # built from the resolved options, so a resumed run keeps its own penalty
     return train.run(opt, lambda o: [BNSparsity(o.sr, o.sr_schedule, o.skip_shortcut, o.shrink,
-                                                  getattr(o, "bn_recal", 8), getattr(o, "gamma_lr", 1.0))])
+                                                  getattr(o, "bn_recal", 8), getattr(o, "gamma_lr", 1.0),
+                                                  getattr(o, "polarize", 0.0),
+                                                  getattr(o, "polarize_scope", "layer"))])
 
 
 @cli

@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --imgsz 320 640
     python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --map   # + mAP50
+    python benchmarks/latency.py --weights base.pt --pruned pruned=a.pt round16=b.pt --data my.yaml     # several
 
 Each size gets its own fixed-shape exports (fp32, and int8 calibrated on --data's train images) under
 runs/benchmarks/latency/; all models of a size are timed in interleaved rounds (utils/latency.py), medians over
@@ -82,7 +83,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="base checkpoint")
-    p.add_argument("--pruned", default=None, help="pruned (or finetuned) checkpoint")
+    p.add_argument("--pruned", nargs="*", default=[], metavar="[NAME=]PT",
+                   help="pruned (or finetuned) checkpoints to compare with the base, optionally named: r16=last.pt")
     p.add_argument("--data", required=True, help="dataset yaml: int8 calibration images (and --map)")
     p.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
     p.add_argument("--runs", type=int, default=60, help="timed calls per model and size (>= 50 recommended)")
@@ -91,7 +93,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="PyTorch device (ONNX Runtime runs on the CPU)")
     p.add_argument("--out", default=str(ROOT / "runs/benchmarks/latency"))
     opt = p.parse_args()
-    models = {"base": Path(opt.weights), **({"pruned": Path(opt.pruned)} if opt.pruned else {})}
+    models = {"base": Path(opt.weights)}
+    for i, arg in enumerate(opt.pruned):
+        name, _, path = arg.rpartition("=") if "=" in arg else ("", "", arg)
+        models[name or ("pruned" if len(opt.pruned) == 1 else f"pruned{i + 1}")] = Path(path)
     for w in models.values():
         if not w.is_file():
             sys.exit(f"ERROR: weights not found: {w}")

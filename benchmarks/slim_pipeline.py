@@ -46,7 +46,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sr", type=float, default=0.0005, help="L1 strength (ignored with --shrink)")
     p.add_argument("--gamma-lr", type=float, default=100.0, help="train_sparse.py --gamma-lr")
     p.add_argument("--shrink", type=float, default=None, help="derive sr from how far the penalty can move a gamma")
+    p.add_argument("--polarize", type=float, default=0.0, help="train_sparse.py --polarize (0: plain L1)")
     p.add_argument("--percent", type=float, default=0.5, help="prune.py --percent")
+    p.add_argument("--round", type=int, default=1, help="prune.py --round (16 for fast ONNX Runtime CPU kernels)")
     p.add_argument("--skip-shortcut", action="store_true", help="sparse-train and prune without residual groups")
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml", help="hyp of fine-tuning")
@@ -98,7 +100,7 @@ class Pipeline:
                     o.base_hyp, *self.common(), "--project", str(d), "--name", "base"])
                 base = rec["weights"]  # best.pt
             penalty = ["--shrink", str(o.shrink)] if o.shrink is not None else ["--sr", str(o.sr)]
-            penalty += ["--gamma-lr", str(o.gamma_lr)]
+            penalty += ["--gamma-lr", str(o.gamma_lr)] + (["--polarize", str(o.polarize)] if o.polarize else [])
             rec = self.stage("train_sparse.py", train_sparse.main, [
                 "--weights", base, "--epochs", str(o.sparse_epochs), "--hyp", o.hyp, *penalty,
                 *(["--skip-shortcut"] if o.skip_shortcut else []), *self.common(), "--project", str(d),
@@ -106,6 +108,7 @@ class Pipeline:
             sparse = rec["last"]
         rec = self.stage("prune.py", prune.main, [
             "--weights", sparse, "--percent", str(o.percent), *(["--skip-shortcut"] if o.skip_shortcut else []),
+            *(["--round", str(o.round)] if o.round > 1 else []),
             "--data", o.data, "--imgsz", str(o.imgsz), "--workers", str(o.workers), "--device", o.device,
             "--project", str(d), "--name", "prune", "--exist-ok"])
         pruned = str(Path(rec["save_dir"]) / "pruned.pt")

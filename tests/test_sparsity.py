@@ -153,3 +153,33 @@ def test_gamma_lr_scales_loss_and_penalty_gradients_alike():
     hook.after_backward(SimpleNamespace(epoch=0, epochs=1))
     for n, m in hook.bns.items():
         assert torch.allclose(m.weight.grad, 4.0 * (g[n] + 0.01 * torch.sign(m.weight)))
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_polarization_gradient_is_the_regulariser_autograd(scope):
+    """grad += sr * d/dgamma [t * sum|gamma| - sum|gamma - mean(gamma)|] (Zhuang et al. 2020), the mean taken per BN
+    layer or over every penalised gamma of the model, checked against autograd of that expression."""
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    hook = BNSparsity(sr=0.01, polarize=1.2, polarize_scope=scope)
+    hook.bns = prunable_bns(model)
+    for m in hook.bns.values():
+        with torch.no_grad():
+            m.weight.copy_(torch.rand_like(m.weight) * 1.5)
+        m.weight.grad = torch.zeros_like(m.weight)
+    hook.after_backward(SimpleNamespace(epoch=0, epochs=1))
+
+    ws = [m.weight.detach().clone().requires_grad_() for m in hook.bns.values()]
+    if scope == "global":
+        w = torch.cat(ws)
+        reg = 1.2 * w.abs().sum() - (w - w.mean()).abs().sum()
+        means = [w.mean().detach().expand_as(x) for x in ws]
+    else:
+        reg = sum(1.2 * x.abs().sum() - (x - x.mean()).abs().sum() for x in ws)
+        means = [x.mean().detach().expand_as(x) for x in ws]
+    (0.01 * reg).backward()
+    got = torch.cat([m.weight.grad.flatten() for m in hook.bns.values()])
+    want = torch.cat([x.grad for x in ws])
+    assert torch.allclose(got, want, atol=1e-7)
+    low = torch.cat([x.detach() < mu for x, mu in zip(ws, means)])
+    assert got[low].min() > 3 * got[~low].max() > 0  # below the mean pulled ~(t+1)/(t-1) = 11x harder
