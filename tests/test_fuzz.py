@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import ROOT
 from models.yolo import DetectionModel
 from utils.errors import UserError
-from utils.labels import _parse_label_file
+from utils.labels import LabelError, _parse_label_file
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -33,7 +33,7 @@ def test_label_parser_accepts_only_valid_labels(tmp_path_factory, text, nc):
     f.write_text(text, encoding="utf-8")
     try:
         lb, status, warnings = _parse_label_file(str(f), nc)
-    except ValueError as e:  # what verify_image_label turns into "bad label file (...), image skipped"
+    except LabelError as e:  # what verify_image_label turns into "bad label file (...), image skipped"
         assert str(e)
         return
     assert status in ("ok", "empty") and lb.ndim == 2 and lb.shape[1] == 5
@@ -49,9 +49,11 @@ def test_label_parser_on_binary_garbage(tmp_path_factory, data):
     f = tmp_path_factory.mktemp("lb") / "x.txt"
     f.write_bytes(data)
     try:
-        _parse_label_file(str(f), 3)
-    except (ValueError, UnicodeDecodeError):  # both are caught by verify_image_label
-        pass
+        lb, _, _ = _parse_label_file(str(f), 3)
+    except LabelError as e:
+        assert str(e)
+        return
+    assert lb.ndim == 2 and lb.shape[1] == 5 and np.isfinite(lb).all()
 
 
 TINY = {"nc": 2, "depth_multiple": 0.33, "width_multiple": 0.25, "anchors": [[10, 13, 16, 30, 33, 23]],

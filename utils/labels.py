@@ -71,18 +71,29 @@ class ImageLabels:
     warnings: list[str] = field(default_factory=list)
 
 
+class LabelError(ValueError):
+    """A label file that cannot be used as it is: the image is skipped with this message."""
+
+
 def _parse_label_file(lb_file: str, nc: int | None) -> tuple[np.ndarray, str, list[str]]:
+    """(labels, status, warnings) of one YOLO label file; LabelError (one line) for anything unusable."""
     if not os.path.isfile(lb_file):
         return np.zeros((0, 5), np.float32), "missing", []
-    with open(lb_file) as f:
-        rows = [x.split() for x in f.read().strip().splitlines() if x.strip()]
+    try:
+        with open(lb_file, encoding="utf-8") as f:
+            rows = [x.split() for x in f.read().strip().splitlines() if x.strip()]
+    except UnicodeDecodeError:
+        raise LabelError("not UTF-8 text") from None
     if not rows:
         return np.zeros((0, 5), np.float32), "empty", []
     boxes = []
     for row in rows:
         if len(row) != 5 and (len(row) < 7 or len(row) % 2 == 0):
-            raise ValueError(f"a line has {len(row)} fields, expected 5 (class cx cy w h) or a polygon")
-        v = np.array(row, dtype=np.float64)  # ValueError on non-numbers; in float64 '1e39' fails a range check
+            raise LabelError(f"a line has {len(row)} fields, expected 5 (class cx cy w h) or a polygon")
+        try:
+            v = np.array(row, dtype=np.float64)  # in float64 '1e39' stays finite and fails a range check below
+        except ValueError:
+            raise LabelError(f"a value is not a number: {' '.join(row)[:60]!r}") from None
         if len(row) > 5:  # polygon -> its bounding box
             xy = v[1:].reshape(-1, 2)
             (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
@@ -90,14 +101,14 @@ def _parse_label_file(lb_file: str, nc: int | None) -> tuple[np.ndarray, str, li
         boxes.append(v)
     lb = np.stack(boxes)
     if not np.isfinite(lb).all():  # 'nan' and 'inf' parse as floats and slip through every range check below
-        raise ValueError("a value is nan or inf")
+        raise LabelError("a value is nan or inf")
     cls = lb[:, 0]
     if (cls < 0).any() or (cls != np.round(cls)).any():
-        raise ValueError("class indices must be non-negative integers")
+        raise LabelError("class indices must be non-negative integers")
     if nc is not None and (cls >= nc).any():
-        raise ValueError(f"class {int(cls.max())} is out of range for nc={nc}")
+        raise LabelError(f"class {int(cls.max())} is out of range for nc={nc}")
     if (lb[:, 1:] < 0).any() or (lb[:, 1:] > 1).any():
-        raise ValueError("coordinates outside [0, 1] (labels must be normalised)")
+        raise LabelError("coordinates outside [0, 1] (labels must be normalised)")
     lb = lb.astype(np.float32)
     _, keep = np.unique(lb, axis=0, return_index=True)
     warnings = []
@@ -126,7 +137,7 @@ def verify_image_label(im_file: str, lb_file: str, nc: int | None) -> ImageLabel
         return f"{im_file}: unreadable image ({type(e).__name__}), skipped"
     try:
         labels, status, warnings = _parse_label_file(lb_file, nc)
-    except (ValueError, UnicodeDecodeError) as e:
+    except LabelError as e:
         return f"{lb_file}: bad label file ({e}), image skipped"
     if status == "empty":
         warnings.append(f"{lb_file}: empty label file, image used as background (no objects)")
