@@ -127,8 +127,8 @@ def _check_yaml(d: dict, source: str) -> None:
         if not froms or not all(isinstance(x, int) and not isinstance(x, bool) and -max(i, 1) <= x < i
                                 for x in froms):
             raise UserError(f"{source}: layer {i}: 'from' must name earlier layers (-1 or indices < {i}), got {f!r}")
-        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
-            raise UserError(f"{source}: layer {i}: number must be a positive integer, got {n!r}")
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):  # 0: a C3 whose bottlenecks were removed
+            raise UserError(f"{source}: layer {i}: number must be a non-negative integer, got {n!r}")
         if not isinstance(name, str) or not isinstance(args, list):
             raise UserError(f"{source}: layer {i}: module must be a name and args a list, got {name!r}, {args!r}")
 
