@@ -95,7 +95,7 @@ def main() -> None:
     opt = p.parse_args()
     models = {"base": Path(opt.weights)}
     for i, arg in enumerate(opt.pruned):
-        name, _, path = arg.rpartition("=") if "=" in arg else ("", "", arg)
+        name, _, path = arg.rpartition("=")
         models[name or ("pruned" if len(opt.pruned) == 1 else f"pruned{i + 1}")] = Path(path)
     for w in models.values():
         if not w.is_file():

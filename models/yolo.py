@@ -104,13 +104,16 @@ def _check_yaml(d: dict, source: str) -> None:
     def num(x) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-    if not (isinstance(d["nc"], int) and not isinstance(d["nc"], bool) and d["nc"] >= 1):
+    def whole(x) -> bool:  # an int that is not a bool
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not (whole(d["nc"]) and d["nc"] >= 1):
         raise UserError(f"{source}: nc must be a positive integer, got {d['nc']!r}")
     for k in ("depth_multiple", "width_multiple"):
         if not (num(d.get(k, 1.0)) and d.get(k, 1.0) > 0):
             raise UserError(f"{source}: {k} must be a positive number, got {d.get(k)!r}")
     a = d["anchors"]
-    ok = (isinstance(a, int) and not isinstance(a, bool) and a >= 1) or (
+    ok = (whole(a) and a >= 1) or (
         isinstance(a, list) and a and all(isinstance(r, list) and r and len(r) % 2 == 0 and all(num(v) and v > 0
                                                                                                 for v in r) for r in a))
     if not ok:
@@ -124,10 +127,9 @@ def _check_yaml(d: dict, source: str) -> None:
             raise UserError(f"{source}: layer {i}: expected [from, number, module, args], got {layer!r}")
         f, n, name, args = layer
         froms = f if isinstance(f, list) else [f]
-        if not froms or not all(isinstance(x, int) and not isinstance(x, bool) and -max(i, 1) <= x < i
-                                for x in froms):
+        if not froms or not all(whole(x) and -max(i, 1) <= x < i for x in froms):
             raise UserError(f"{source}: layer {i}: 'from' must name earlier layers (-1 or indices < {i}), got {f!r}")
-        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):  # 0: a C3 whose bottlenecks were removed
+        if not (whole(n) and n >= 0):  # 0: a C3 whose bottlenecks were removed
             raise UserError(f"{source}: layer {i}: number must be a non-negative integer, got {n!r}")
         if not isinstance(name, str) or not isinstance(args, list):
             raise UserError(f"{source}: layer {i}: module must be a name and args a list, got {name!r}, {args!r}")
@@ -171,7 +173,7 @@ def parse_model(d: dict, ch: list[int], source: str = "model yaml") -> tuple[nn.
                 args[1] = [list(range(args[1] * 2))] * len(f)
         else:
             c2 = ch[f]
-        if not all(isinstance(c, int) and c >= 1 for c in ([c2] if isinstance(c2, int) else [0])):
+        if not (isinstance(c2, int) and c2 >= 1):
             raise UserError(f"{source}: layer {i}: {name} would have {c2!r} output channels")
         try:
             m_ = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)

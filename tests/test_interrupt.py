@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,28 +16,19 @@ import train
 from conftest import ROOT, make_dataset
 from models.yolo import DetectionModel
 from test_prune import _save, _spread_gammas
-from test_train import hyp_file, read_csv, tiny_args
+from test_train import _wait_for, hyp_file, read_csv, tiny_args
 from utils.checkpoint import load_checkpoint, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _start_and_wait(args: list[str], path: Path, timeout: float = 240) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    t = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() - t < timeout
-        time.sleep(0.05)
-    return proc
 
 
 def test_ctrl_c_during_training_keeps_last_pt_and_resume_finishes(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
     args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=4)), "--noplots", epochs=4)
     weights = tmp_path / "runs/exp/weights"
-    proc = _start_and_wait(["train.py", *args], weights / "last.pt")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(weights / "last.pt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]

@@ -74,6 +74,12 @@ def lr_sum(state: TrainState, schedule: str, group: int = 2) -> float:
     return total
 
 
+def _centre(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of w, mean of sign(w - mean)): the two shared terms of the polarization gradient over w."""
+    mean = w.mean()
+    return mean, torch.sign(w - mean).mean()
+
+
 def gamma_stats(bns: dict[str, nn.BatchNorm2d]) -> np.ndarray:
     return torch.cat([b.weight.detach().abs().flatten().float().cpu() for b in bns.values()]).numpy()
 
@@ -136,15 +142,12 @@ class BNSparsity(Hook):
         s = self.sr * sr_factor(self.schedule, state.epoch, state.epochs)
         bns = [bn for bn in self.bns.values() if bn.weight.grad is not None]
         if self.polarize and self.polarize_scope == "global" and bns:
-            w = torch.cat([bn.weight.flatten() for bn in bns])
-            mean, shared = w.mean(), torch.sign(w - w.mean()).mean()
+            network = _centre(torch.cat([bn.weight.flatten() for bn in bns]))
         for bn in bns:
             g = torch.sign(bn.weight)
             if self.polarize:
                 # d/dgamma_i of t|gamma_i| - sum_j |gamma_j - mean|: t sign(gamma_i) - sign(gamma_i - mean) + mean(sign)
-                if self.polarize_scope == "layer":
-                    mean = bn.weight.mean()
-                    shared = torch.sign(bn.weight - mean).mean()
+                mean, shared = network if self.polarize_scope == "global" else _centre(bn.weight)
                 g = self.polarize * g - torch.sign(bn.weight - mean) + shared
             bn.weight.grad.add_(g, alpha=s)
             if self.gamma_lr != 1:
