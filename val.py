@@ -83,7 +83,10 @@ def evaluate(model, dataloader, names: dict[int, str], conf_thres: float = 0.001
     class_map: when given, COCO-json records are collected with these category ids (index = class).
     compute_loss: a callable(train_out, targets) -> (loss, loss_items); the mean of loss_items is returned.
     """
-    device = model.device if isinstance(model, OnnxModel) else next(model.parameters()).device
+    onnx = isinstance(model, OnnxModel)
+    device = model.device if onnx else next(model.parameters()).device
+    # half with fp32 weights (train.py's EMA on CUDA): autocast instead of casting the weights the EMA keeps in fp32
+    autocast = half and not onnx and next(model.parameters()).dtype == torch.float32
     model.eval()
     nc = 1 if single_cls else len(names)
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
@@ -96,11 +99,12 @@ def evaluate(model, dataloader, names: dict[int, str], conf_thres: float = 0.001
     for im, targets, paths, shapes in pbar:
         t0 = time_sync()
         im = im.to(device, non_blocking=True)
-        im = (im.half() if half else im.float()) / 255
+        im = (im.half() if half and not autocast else im.float()) / 255
         targets = targets.to(device)
         nb, _, height, width = im.shape
         t1 = time_sync()
-        preds, train_out = model(im)
+        with torch.autocast(device.type, enabled=autocast):
+            preds, train_out = model(im)
         t2 = time_sync()
         if compute_loss:
             loss += compute_loss(train_out, targets)[1]

@@ -40,6 +40,22 @@ def test_lr_sum_counts_optimizer_steps_and_schedules():
     assert lr_sum(fake_state(4, 2, 1, warmup_n=4), "constant") == pytest.approx(0.01 * (1.5 + 4))
 
 
+def test_shrink_gives_a_resumed_run_the_sr_it_started_with():
+    """--shrink derives sr from the whole run's steps: resumed at epoch 1 of 2, sr must not grow to spend the whole
+    shrink in the remaining epoch (seen on coco128: a run resumed 5 epochs before its end lost all its mAP)."""
+    model = DetectionModel("yolov5n.yaml", nc=3)
+    srs, budgets = [], []
+    for epoch in (0, 1):
+        state = fake_state(4, 2, 1, epoch=epoch)
+        state.bare, state.opt = model, None
+        hook = BNSparsity(shrink=0.5)
+        hook.on_train_start(state)
+        srs.append(hook.sr)
+        budgets.append(hook.record["budget"])
+    assert srs[0] == srs[1] == pytest.approx(0.5 * (1 - 0.9) / (8 * 0.01))  # 8 steps at lr0 over the whole run
+    assert budgets == pytest.approx([0.5, 0.25])  # what is left to the resumed half
+
+
 def test_after_backward_adds_sr_times_sign_to_prunable_gammas_only():
     model = DetectionModel("yolov5n.yaml", nc=3)
     hook = BNSparsity(sr=0.01)

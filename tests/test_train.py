@@ -250,3 +250,16 @@ save_checkpoint({{**ckpt, "epoch": 99}}, {str(last)!r})
     assert r.returncode == -signal.SIGKILL
     ckpt = load_checkpoint(last)
     assert ckpt["epoch"] == -1  # the finished run's file, not the half-written epoch 99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the AMP path needs CUDA (run on a GPU machine)")
+@pytest.mark.parametrize("script", ["train.py", "train_sparse.py"])
+def test_amp_training_on_cuda(tmp_path, script):
+    """On CUDA the loop runs under autocast with a GradScaler and evaluates its fp32 EMA in half precision."""
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    args = [a if a != "cpu" else "0" for a in tiny_args(tmp_path, data, "--noplots")]
+    r = run_script(script, *args, *(["--sr", "0.01"] if script == "train_sparse.py" else []))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_csv(tmp_path / "runs/exp/results.csv")
+    assert len(rows) == 2 and all(float(x["train/box_loss"]) > 0 for x in rows)
+    assert load_model(tmp_path / "runs/exp/weights/last.pt").model[-1].nc == 2

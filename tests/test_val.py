@@ -137,3 +137,21 @@ def test_evaluation_does_not_depend_on_how_busy_the_machine_is(tmp_path, monkeyp
     with pytest.raises(AssertionError):  # the clock does trip the limit where one applies
         out = nms(torch.rand(6, 50, 7), 0.0)
         assert all(len(x) for x in out)
+
+
+def test_half_evaluation_of_fp32_weights_autocasts(shapes_yaml):
+    """train.py evaluates its fp32 EMA with half=True on CUDA: evaluate must autocast rather than feed fp16 images
+    to fp32 convolutions (the crash seen on an H100), and must leave the weights fp32. Checked on the CPU, where
+    autocast runs bfloat16: the metrics stay within a point of fp32."""
+    import torch
+
+    from utils.checkpoint import load_model
+    from utils.data import check_dataset
+
+    model = load_model(shared_path("fixtures", "upstream-yolov5n-shapes.pt"), torch.device("cpu")).float()
+    data = check_dataset(str(shapes_yaml), splits=())
+    loader = val.val_loader(data, "val", 320, 32, 32, 0)
+    fp32 = val.evaluate(model, loader, data["names"])
+    half = val.evaluate(model, loader, data["names"], half=True)
+    assert next(model.parameters()).dtype == torch.float32
+    assert half.map50 == pytest.approx(fp32.map50, abs=0.01) and fp32.map50 > 0.6

@@ -55,13 +55,13 @@ def sr_factor(schedule: str, epoch: int, epochs: int) -> float:
     return 1.0 - 0.9 * epoch / max(epochs - 1, 1)
 
 
-def lr_sum(state: TrainState, schedule: str, group: int = 2) -> float:
-    """sum over the remaining optimizer steps of lr(step) * sr_factor(epoch), replaying warmup and accumulation as
-    the loop will. Group 2 holds the BN weights."""
+def lr_sum(state: TrainState, schedule: str, group: int = 2, start: int | None = None) -> float:
+    """sum over the optimizer steps from epoch `start` (default: the state's epoch, i.e. the steps still to come) of
+    lr(step) * sr_factor(epoch), replaying warmup and accumulation as the loop will. Group 2 holds the BN weights."""
     w, lr0 = state.warmup, state.hyp["lr0"]
     fake = SimpleNamespace(param_groups=[{"initial_lr": lr0} for _ in range(3)])
     total = 0.0
-    for epoch in range(state.epoch, state.epochs):
+    for epoch in range(state.epoch if start is None else start, state.epochs):
         last = state.nb * epoch - 1  # the loop starts a fresh accumulation every epoch
         f = sr_factor(schedule, epoch, state.epochs)
         for i in range(state.nb):
@@ -108,10 +108,11 @@ class BNSparsity(Hook):
         self.bns = prunable_bns(state.bare, self.skip_shortcut)
         g = gamma_stats(self.bns)
         momentum = state.hyp["momentum"]
-        per_sr = self.gamma_lr * lr_sum(state, self.schedule) / (1 - momentum)
-        if self.shrink is not None:
-            self.sr = self.shrink / max(per_sr, 1e-12)
-        budget, median = self.sr * per_sr, float(np.median(g))
+        whole = self.gamma_lr * lr_sum(state, self.schedule, start=0) / (1 - momentum)
+        if self.shrink is not None:  # from the whole run's steps: a resumed run keeps the sr it started with
+            self.sr = self.shrink / max(whole, 1e-12)
+        rest = self.gamma_lr * lr_sum(state, self.schedule) / (1 - momentum) if state.epoch else whole
+        budget, median = self.sr * rest, float(np.median(g))
         # up to the 99th percentile (a few gammas reach 6 and would squeeze the near-zero mass into one bin);
         # larger values are counted in the last bin
         self.edges = np.linspace(0, max(float(np.quantile(g, 0.99)) * 1.2, 1e-6), HIST_BINS + 1)
@@ -122,7 +123,8 @@ class BNSparsity(Hook):
         kind = f"polarization (t {t:g}, mean {scope})" if t else "L1"
         LOGGER.info(f"{PREFIX}{kind} on {len(self.bns)} BN layers ({g.size} channels), sr {self.sr:.3g} "
                     f"({self.schedule}{faster}); the penalty alone can shrink a gamma by about {budget:.3g} over "
-                    f"the run (sum lr x sr / (1 - momentum)); median |gamma| now {median:.3f}")
+                    f"the {'rest of the ' if state.epoch else ''}run (sum lr x sr / (1 - momentum)); "
+                    f"median |gamma| now {median:.3f}")
         if t:
             LOGGER.info(f"{PREFIX}gammas below the mean move {t + 1:g}x that budget towards 0, those above it "
                         f"{t - 1:+g}x")
