@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -52,6 +53,22 @@ def test_distill_loss_is_zero_with_zero_gradient_at_the_teacher():
     loss = distill_loss(moved, teacher)
     loss.backward()
     assert loss.item() > 0.01 and all(s.grad.abs().max() > 0 for s in moved)
+
+
+def test_distill_loss_weighs_each_term_by_its_gain():
+    """Soft targets weighed as the detection loss weighs labels: each kind of term scales with its own gain."""
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 3, 4, 4, 8) * 3 for _ in range(3)]
+    for k, idx in enumerate((slice(0, 4), slice(4, 5), slice(5, 8))):  # box, obj, cls
+        moved = [t.clone() for t in teacher]
+        for m in moved:
+            m[..., idx] += 0.5
+        gains = [1.0, 1.0, 1.0]
+        gains[k] = 0.05
+        weighted, plain = distill_loss(moved, teacher, gains=tuple(gains)), distill_loss(moved, teacher)
+        rest = distill_loss(moved, teacher, gains=tuple(0.0 if i == k else 1.0 for i in range(3)))
+        assert weighted.item() == pytest.approx(rest.item() + 0.05 * (plain.item() - rest.item()), rel=1e-5)
+        assert plain.item() - rest.item() > 1e-3  # the moved outputs do show up in their own term
 
 
 def test_finetune_with_teacher_logs_kd_loss(tmp_path):
