@@ -14,7 +14,8 @@ layer+slim (--layers residual bottlenecks, then slim to the target) and unstruct
 zeroed as the FLOPs cut: its FLOPs do not fall). --match-slim-percent P sets the FLOPs target to what
 `prune.py --percent P` leaves of --weights (the FLOPs of slimming by that percent). Each is pruned by prune.py
 (evaluated right after), fine-tuned by finetune.py, and all of them are compared by one val.py call with batch-1 CPU
-latency. Outputs: runs/benchmarks/methods/exp/{summary.md, summary.json, commands.sh} and each stage's own folder.
+latency. --sensitivity-csv reuses a `prune.py --sensitivity` analysis of --weights (it costs layers x ratios
+evaluations). Outputs: runs/benchmarks/methods/exp/{summary.md, summary.json, commands.sh} and each stage's own folder.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--match-slim-percent", type=float, default=0.0,
                    help="instead of --flops-target: the GFLOPs share that slim --percent P leaves of --weights")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="sensitivity: ratios tried")
+    p.add_argument("--sensitivity-csv", default="",
+                   help="sensitivity: reuse a saved prune.py --sensitivity analysis of --weights (checked by prune.py)")
     p.add_argument("--layers", type=int, default=2, help="layer+slim: bottlenecks removed before slimming")
     p.add_argument("--candidates", type=int, default=10, help="eagleeye candidates")
     p.add_argument("--calib-batches", type=int, default=4, help="eagleeye, sensitivity: adaptive-BN batches; taylor")
@@ -94,6 +97,7 @@ class Methods(Pipeline):
             args += ["--calib-batches", str(o.calib_batches), "--seed", str(o.seed)]
         if method == "sensitivity":
             args += ["--ratios", *map(str, o.ratios)]
+            args += ["--sensitivity-csv", o.sensitivity_csv] if o.sensitivity_csv else []
         return args + (["--layers", str(o.layers)] if method.startswith("layer") else [])
 
     def run(self) -> dict:

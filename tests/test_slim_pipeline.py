@@ -90,3 +90,13 @@ def test_methods_benchmark_matches_the_flops_of_a_slim_percent(tmp_path):
     assert abs(out["rows"][0]["GFLOPs"] / out["base"]["GFLOPs"] - share) < 0.01  # slim lands on its own FLOPs
     commands = (tmp_path / "runs" / "exp" / "commands.sh").read_text()
     assert "--method taylor" in commands and "--method sensitivity" in commands
+
+    # --sensitivity-csv reuses that analysis (no layer x ratio evaluations) and chooses the same model
+    csv = tmp_path / "runs" / "exp" / "prune-sensitivity" / "sensitivity.csv"
+    again = methods.main(["--weights", str(w), "--data", str(data), "--methods", "sensitivity", "--sensitivity-csv",
+                          str(csv), "--match-slim-percent", "0.5", "--ratios", "0.5", "--calib-batches", "1",
+                          "--imgsz", "64", "--batch-size", "4", "--finetune-epochs", "0", "--workers", "0",
+                          "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", "reuse"])
+    assert "--sensitivity-csv" in (tmp_path / "runs" / "reuse" / "commands.sh").read_text()
+    first = next(r for r in out["rows"] if r["method"] == "sensitivity")
+    assert (again["rows"][0]["params"], again["rows"][0]["GFLOPs"]) == (first["params"], first["GFLOPs"])
