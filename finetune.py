@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 
 import train
-from utils.checkpoint import load_checkpoint, load_model
-from utils.distill import Distillation
+from utils.checkpoint import load_checkpoint
+from utils.distill import add_teacher_args, teacher_hooks
 from utils.engine import Hook
 from utils.errors import UserError, cli
 from utils.log import LOGGER
@@ -25,8 +25,7 @@ from utils.pruning.unstructured import KeepZeros
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = train.build_parser(__doc__)
-    p.add_argument("--teacher", type=str, default="", help="checkpoint to distil from (the unpruned model)")
-    p.add_argument("--kd", type=float, default=1.0, help="weight of the distillation loss")
+    add_teacher_args(p, "the unpruned model")
     p.set_defaults(project=str(train.ROOT / "runs/finetune"), hyp=str(train.ROOT / "data/hyps/hyp.finetune.yaml"))
     opt = train.finalize_opt(p.parse_args(argv))
     if not opt.resume and not opt.weights:
@@ -42,7 +41,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 def hooks(opt: argparse.Namespace) -> list[Hook]:
     """--teacher's distillation and an unstructured checkpoint's zeros, from the resolved options (a resumed run's
     saved ones)."""
-    out: list[Hook] = [Distillation(load_model(opt.teacher), opt.kd)] if getattr(opt, "teacher", "") else []
+    out = teacher_hooks(opt)
     if getattr(opt, "keep_zeros", False):
         LOGGER.info("finetune: the checkpoint was pruned unstructured; its zero weights stay zero")
         out.append(KeepZeros())

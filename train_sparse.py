@@ -4,11 +4,13 @@
     python train_sparse.py --weights runs/train/exp/weights/best.pt --data data/synthetic.yaml --epochs 30 --sr 0.005
     python train_sparse.py --weights best.pt --shrink 0.9                 # sr chosen so gamma can move by 0.9
     python train_sparse.py --weights best.pt --shrink 0.9 --polarize 1.2  # polarization instead of plain L1
+    python train_sparse.py --weights best.pt --shrink 0.9 --teacher best.pt  # distil from the dense model meanwhile
     python prune.py --weights last.pt --percent 0.6                       # next step
 
 Adds to runs/train-sparse/exp: results.csv columns sparse/*, bn_gamma.png (the gamma distribution per epoch) and
 sparsity.json (sr, budget, gamma statistics, the largest safe prune percent). Starting from --weights, the
-checkpoint's anchors are kept (pass --autoanchor to recompute them).
+checkpoint's anchors are kept (pass --autoanchor to recompute them). With --teacher (finetune.py's distillation),
+the dense model's outputs stay soft targets while the penalty takes channels away; results.csv gains train/kd_loss.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import train
+from utils.distill import add_teacher_args, teacher_hooks
 from utils.errors import UserError, cli
 from utils.pruning.sparsity import BNSparsity
 
@@ -39,6 +42,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-recal", type=int, default=8,
                    help="recompute the EMA model's BN statistics on this many training batches after every epoch "
                         "(0: off); a strong penalty outruns BN's running averages")
+    add_teacher_args(p, "the dense model, e.g. the --weights it starts from")
     p.set_defaults(project=str(train.ROOT / "runs/train-sparse"))
     opt = train.finalize_opt(p.parse_args(argv))
     if opt.sr < 0 or (opt.shrink is not None and opt.shrink <= 0) or opt.bn_recal < 0 or opt.gamma_lr <= 0 \
@@ -52,7 +56,7 @@ def run(opt: argparse.Namespace) -> dict:
     return train.run(opt, lambda o: [BNSparsity(o.sr, o.sr_schedule, o.skip_shortcut, o.shrink,
                                                   getattr(o, "bn_recal", 8), getattr(o, "gamma_lr", 1.0),
                                                   getattr(o, "polarize", 0.0),
-                                                  getattr(o, "polarize_scope", "layer"))])
+                                                  getattr(o, "polarize_scope", "layer")), *teacher_hooks(o)])
 
 
 @cli

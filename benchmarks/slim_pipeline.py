@@ -47,6 +47,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma-lr", type=float, default=100.0, help="train_sparse.py --gamma-lr")
     p.add_argument("--shrink", type=float, default=None, help="derive sr from how far the penalty can move a gamma")
     p.add_argument("--polarize", type=float, default=0.0, help="train_sparse.py --polarize (0: plain L1)")
+    p.add_argument("--polarize-scope", choices=("layer", "global"), default="layer",
+                   help="train_sparse.py --polarize-scope")
+    p.add_argument("--sparse-kd", action="store_true",
+                   help="sparse-train with the base model as teacher (train_sparse.py --teacher)")
     p.add_argument("--percent", type=float, default=0.5, help="prune.py --percent")
     p.add_argument("--round", type=int, default=1, help="prune.py --round (16 for fast ONNX Runtime CPU kernels)")
     p.add_argument("--skip-shortcut", action="store_true", help="sparse-train and prune without residual groups")
@@ -101,6 +105,8 @@ class Pipeline:
                 base = rec["weights"]  # best.pt
             penalty = ["--shrink", str(o.shrink)] if o.shrink is not None else ["--sr", str(o.sr)]
             penalty += ["--gamma-lr", str(o.gamma_lr)] + (["--polarize", str(o.polarize)] if o.polarize else [])
+            penalty += ["--polarize-scope", o.polarize_scope] if o.polarize and o.polarize_scope != "layer" else []
+            penalty += ["--teacher", base] if o.sparse_kd else []
             rec = self.stage("train_sparse.py", train_sparse.main, [
                 "--weights", base, "--epochs", str(o.sparse_epochs), "--hyp", o.hyp, *penalty,
                 *(["--skip-shortcut"] if o.skip_shortcut else []), *self.common(), "--project", str(d),

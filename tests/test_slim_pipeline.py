@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT, make_dataset
+from test_train import read_csv
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import slim_pipeline  # noqa: E402
@@ -18,6 +19,7 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, nc=2, size=(64, 80))
     out = slim_pipeline.main(["--data", str(data), "--imgsz", "64", "--batch-size", "4", "--epochs", "1",
                               "--sparse-epochs", "1", "--finetune-epochs", "1", "--percent", "0.4", "--kd",
+                              "--sparse-kd", "--polarize", "1.2", "--polarize-scope", "global",
                               "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs")])
     rows = {r["stage"]: r for r in out["rows"]}
     assert list(rows) == ["base", "sparse", "pruned", "finetuned", "finetuned + KD"]
@@ -32,6 +34,11 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path):
     commands = (run_dir / "commands.sh").read_text().splitlines()
     assert [c.split()[1] for c in commands] == ["train.py", "train_sparse.py", "prune.py", "finetune.py",
                                                 "finetune.py", "val.py"]
+    base = str(run_dir / "base" / "weights" / "best.pt")
+    sparse_cmd = commands[1].split()
+    assert sparse_cmd[sparse_cmd.index("--teacher") + 1] == base  # distilled from the base model
+    assert sparse_cmd[sparse_cmd.index("--polarize-scope") + 1] == "global"
+    assert float(read_csv(run_dir / "sparse" / "results.csv")[0]["train/kd_loss"]) > 0
 
 
 def test_methods_benchmark_compares_at_one_flops_target(tmp_path):

@@ -199,3 +199,15 @@ def test_polarization_gradient_is_the_regulariser_autograd(scope):
     assert torch.allclose(got, want, atol=1e-7)
     low = torch.cat([x.detach() < mu for x, mu in zip(ws, means)])
     assert got[low].min() > 3 * got[~low].max() > 0  # below the mean pulled ~(t+1)/(t-1) = 11x harder
+
+
+def test_sparse_run_with_teacher_distils_while_the_penalty_shrinks(tmp_path):
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    base = train_sparse.train.run(train_sparse.train.parse_opt(
+        tiny_args(tmp_path, data, "--noplots", "--name", "base", epochs=1)))
+    args = [a for a in tiny_args(tmp_path, data, "--noplots", "--shrink", "0.5", epochs=1)
+            if a not in ("--cfg", "yolov5n.yaml")]
+    rec = train_sparse.run(train_sparse.parse_opt(["--weights", base["last"], "--teacher", base["last"], *args]))
+    rows = read_csv(Path(rec["weights"]).parents[1] / "results.csv")
+    assert 0 < float(rows[0]["train/kd_loss"]) < 0.5  # the student starts as the teacher and the penalty moves it
+    assert float(rows[0]["sparse/mean|gamma|"]) < 1.0

@@ -12,10 +12,13 @@ loss on coco128 and fine-tuning with a teacher diverged.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.checkpoint import load_model
 from utils.engine import Hook, TrainState
 from utils.errors import UserError
 from utils.log import LOGGER, colorstr
@@ -75,3 +78,14 @@ class Distillation(Hook):
     def epoch_columns(self, state: TrainState) -> dict[str, float]:
         mean, self.sum, self.n = self.sum / max(self.n, 1), 0.0, 0
         return {"train/kd_loss": mean}
+
+
+def add_teacher_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--teacher and --kd, the same in every script that distils (finetune.py, train_sparse.py)."""
+    p.add_argument("--teacher", type=str, default="", help=f"checkpoint to distil from ({what})")
+    p.add_argument("--kd", type=float, default=1.0, help="weight of the distillation loss")
+
+
+def teacher_hooks(opt: argparse.Namespace) -> list[Hook]:
+    """The Distillation hook when the resolved options (a resumed run's saved ones) name a teacher."""
+    return [Distillation(load_model(opt.teacher), opt.kd)] if getattr(opt, "teacher", "") else []
