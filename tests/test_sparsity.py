@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import train
 import train_sparse
 from conftest import make_dataset
 from models.yolo import DetectionModel
@@ -203,8 +204,7 @@ def test_polarization_gradient_is_the_regulariser_autograd(scope):
 
 def test_sparse_run_with_teacher_distils_while_the_penalty_shrinks(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
-    base = train_sparse.train.run(train_sparse.train.parse_opt(
-        tiny_args(tmp_path, data, "--noplots", "--name", "base", epochs=1)))
+    base = train.run(train.parse_opt(tiny_args(tmp_path, data, "--noplots", "--name", "base", epochs=1)))
     args = [a for a in tiny_args(tmp_path, data, "--noplots", "--shrink", "0.5", epochs=1)
             if a not in ("--cfg", "yolov5n.yaml")]
     rec = train_sparse.run(train_sparse.parse_opt(["--weights", base["last"], "--teacher", base["last"], *args]))
