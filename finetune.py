@@ -5,9 +5,12 @@
     python finetune.py --weights pruned.pt --teacher runs/train-sparse/exp/weights/last.pt --kd 1.0  # distillation
 
 The model is rebuilt from the yaml stored in the checkpoint (a pruned model's own widths), so there is no --cfg;
-its anchors are kept (pass --autoanchor to recompute them). With --teacher, the unpruned model's outputs are soft
-targets (utils/distill.py) and results.csv gains train/kd_loss. A checkpoint from `prune.py --method unstructured`
-keeps its zero weights: they are re-applied after every optimizer step. Outputs go to runs/finetune/exp.
+its anchors are kept (pass --autoanchor to recompute them). With --bn-floor 0.05, conv channels whose BN running
+variance is below 0.05 are first rescaled to it without changing the outputs (utils/bn_floor.py): a sparse-trained
+model has many, and they make the first fine-tuning epochs lose much of what the model knew. With --teacher,
+the unpruned model's outputs are soft targets (utils/distill.py) and results.csv gains train/kd_loss. A checkpoint
+from `prune.py --method unstructured` keeps its zero weights: they are re-applied after every optimizer step.
+Outputs go to runs/finetune/exp.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import train
+from utils.bn_floor import BNVarianceFloor
 from utils.checkpoint import load_checkpoint
 from utils.distill import add_teacher_args, teacher_hooks
 from utils.engine import Hook
@@ -26,10 +30,15 @@ from utils.pruning.unstructured import KeepZeros
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = train.build_parser(__doc__)
     add_teacher_args(p, "the unpruned model")
+    p.add_argument("--bn-floor", type=float, default=0.0,
+                   help="before the first step, rescale conv channels whose BN running variance is below this (0.05 "
+                        "suits sparse-trained models) to it, keeping the outputs; 0 (default) leaves them")
     p.set_defaults(project=str(train.ROOT / "runs/finetune"), hyp=str(train.ROOT / "data/hyps/hyp.finetune.yaml"))
     opt = train.finalize_opt(p.parse_args(argv))
     if not opt.resume and not opt.weights:
         raise UserError("finetune.py needs --weights (the trained or pruned checkpoint to fine-tune)")
+    if opt.bn_floor < 0:
+        raise UserError(f"--bn-floor {opt.bn_floor:g} must be >= 0 (0 turns it off)")
     if opt.cfg:
         raise UserError("finetune.py builds the model from the checkpoint's own yaml: drop --cfg "
                         "(train.py --cfg ... --weights ... transfers weights into another architecture)")
@@ -39,9 +48,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def hooks(opt: argparse.Namespace) -> list[Hook]:
-    """--teacher's distillation and an unstructured checkpoint's zeros, from the resolved options (a resumed run's
-    saved ones)."""
+    """--teacher's distillation, --bn-floor and an unstructured checkpoint's zeros, from the resolved options (a
+    resumed run's saved ones)."""
     out = teacher_hooks(opt)
+    if getattr(opt, "bn_floor", 0) > 0:
+        out.append(BNVarianceFloor(opt.bn_floor))
     if getattr(opt, "keep_zeros", False):
         LOGGER.info("finetune: the checkpoint was pruned unstructured; its zero weights stay zero")
         out.append(KeepZeros())
