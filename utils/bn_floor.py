@@ -59,12 +59,13 @@ def lift_bn_variance(model: nn.Module, floor: float, *also: nn.Module) -> int:
     others = [conv_bn_pairs(m) for m in also]
     for i, (conv, bn) in enumerate(conv_bn_pairs(model)):
         s = torch.sqrt(torch.clamp(floor / bn.running_var.float().clamp(min=1e-12), min=1.0))
-        if not (s > 1).any():
+        lifted = int((s > 1).sum())
+        if not lifted:
             continue
         _rescale(conv, bn, s)
         for pairs in others:
             _rescale(*pairs[i], s)
-        n += int((s > 1).sum())
+        n += lifted
     return n
 
 
