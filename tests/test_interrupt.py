@@ -119,3 +119,44 @@ def test_eagleeye_same_seed_same_choice(tmp_path, weights):
     assert (Path(a["save_dir"]) / "pruned.yaml").read_text() == (Path(b["save_dir"]) / "pruned.yaml").read_text()
     kept = [[c_["kept"] for c_ in r["settings"]["candidates"]] for r in (a, c)]
     assert kept[0] != kept[1]  # the seed is what draws them
+
+
+def test_ctrl_c_inside_torch_save_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while torch.save writes makes torch's zip writer raise a RuntimeError from its cleanup; the scripts must
+    still end with "Interrupted" and 130 (a CPU run hit this), leave no temp file, and other errors must propagate."""
+    import utils.files
+    from utils.checkpoint import save_checkpoint
+    from utils.errors import cli
+
+    real_fdopen, writes = utils.files.os.fdopen, [0]
+
+    class CutFile:  # a file whose third write is where the user presses Ctrl-C
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            writes[0] += 1
+            if writes[0] == 3:
+                raise KeyboardInterrupt
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(utils.files.os, "fdopen", lambda fd, mode: CutFile(real_fdopen(fd, mode)))
+    with pytest.raises(SystemExit) as e:
+        cli(lambda: save_checkpoint({"w": torch.zeros(1000), "v": torch.ones(1000)}, tmp_path / "last.pt"))()
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "Interrupted"
+    assert list(tmp_path.iterdir()) == []  # neither last.pt nor a temp file
+
+    def broken():
+        raise RuntimeError("not an interrupt")
+
+    with pytest.raises(RuntimeError, match="not an interrupt"):
+        cli(broken)()

@@ -24,5 +24,20 @@ def cli(main: Callable) -> Callable:
         except KeyboardInterrupt:
             print("Interrupted", file=sys.stderr)
             sys.exit(130)
+        except Exception as e:  # Ctrl-C inside torch.save surfaces as the RuntimeError its cleanup raises
+            if not _caused_by_ctrl_c(e):
+                raise
+            print("Interrupted", file=sys.stderr)
+            sys.exit(130)
 
     return wrapper
+
+
+def _caused_by_ctrl_c(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
