@@ -21,10 +21,7 @@ def cli(main: Callable) -> Callable:
         except UserError as e:
             print(f"ERROR: {e}", file=sys.stderr)
             sys.exit(1)
-        except KeyboardInterrupt:
-            print("Interrupted", file=sys.stderr)
-            sys.exit(130)
-        except Exception as e:  # Ctrl-C inside torch.save surfaces as the RuntimeError its cleanup raises
+        except (KeyboardInterrupt, Exception) as e:  # Ctrl-C inside torch.save surfaces as its cleanup's RuntimeError
             if not _caused_by_ctrl_c(e):
                 raise
             print("Interrupted", file=sys.stderr)
