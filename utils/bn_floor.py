@@ -58,8 +58,10 @@ def lift_bn_variance(model: nn.Module, floor: float, *also: nn.Module) -> int:
     n = 0
     others = [conv_bn_pairs(m) for m in also]
     for i, (conv, bn) in enumerate(conv_bn_pairs(model)):
-        s = torch.sqrt(torch.clamp(floor / bn.running_var.float().clamp(min=1e-12), min=1.0))
-        lifted = int((s > 1).sum())
+        var = bn.running_var.float().clamp(min=1e-12)
+        below = var < floor * (1 - 1e-5)  # a channel lifted before may sit a rounding error under the floor
+        s = torch.where(below, torch.sqrt(floor / var), torch.ones_like(var))
+        lifted = int(below.sum())
         if not lifted:
             continue
         _rescale(conv, bn, s)
