@@ -41,20 +41,23 @@ def test_lr_sum_counts_optimizer_steps_and_schedules():
     assert lr_sum(fake_state(4, 2, 1, warmup_n=4), "constant") == pytest.approx(0.01 * (1.5 + 4))
 
 
-def test_shrink_gives_a_resumed_run_the_sr_it_started_with():
+def test_shrink_gives_a_resumed_run_the_sr_it_started_with(tmp_path, log_lines):
     """--shrink derives sr from the whole run's steps: resumed at epoch 1 of 2, sr must not grow to spend the whole
     shrink in the remaining epoch (seen on coco128: a run resumed 5 epochs before its end lost all its mAP)."""
     model = DetectionModel("yolov5n.yaml", nc=3)
     srs, budgets = [], []
     for epoch in (0, 1):
         state = fake_state(4, 2, 1, epoch=epoch)
-        state.bare, state.opt = model, None
+        state.bare, state.opt, state.save_dir = model, None, tmp_path
         hook = BNSparsity(shrink=0.5)
         hook.on_train_start(state)
         srs.append(hook.sr)
         budgets.append(hook.record["budget"])
     assert srs[0] == srs[1] == pytest.approx(0.5 * (1 - 0.9) / (8 * 0.01))  # 8 steps at lr0 over the whole run
-    assert budgets == pytest.approx([0.5, 0.25])  # what is left to the resumed half
+    assert budgets == pytest.approx([0.5, 0.5])  # sparsity.json: the whole run's
+    said = [x for x in log_lines if "can shrink a gamma by about" in x]
+    assert "about 0.5 over the run" in said[0] and "about 0.25 over the rest of the run" in said[1]
+    assert any("bn_gamma.png starts at epoch 1" in x for x in log_lines)  # no bn_gamma.json in tmp_path
 
 
 def test_after_backward_adds_sr_times_sign_to_prunable_gammas_only():
@@ -101,6 +104,41 @@ def test_tiny_sr_warns_that_it_cannot_sparsify(tmp_path, log_lines):
     assert len(warn) == 1 and "--shrink" in warn[0]
     assert "the median |gamma| is 1.000." in warn[0]  # a fresh model's BN weights are all 1
 
+
+
+def test_resumed_sparse_run_plots_and_reports_the_whole_run(tmp_path, monkeypatch):
+    """A run stopped after writing epoch 1's gamma row but before its checkpoint, then resumed: bn_gamma.json keeps
+    the rows from before training on (epoch 1's stale row replaced), and sparsity.json the start's median, not the
+    resumed model's (seen on coco128: a 300-epoch run resumed at epoch 76 plotted and reported only its last leg)."""
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    hyp = hyp_file(tmp_path, nbs=4, warmup_epochs=0)
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp), "--shrink", "0.5", epochs=3)
+    columns = BNSparsity.epoch_columns
+
+    def stop_after_epoch_1_columns(self, state):
+        out = columns(self, state)
+        if state.epoch == 1:
+            raise RuntimeError("stopped")
+        return out
+
+    monkeypatch.setattr(BNSparsity, "epoch_columns", stop_after_epoch_1_columns)
+    with pytest.raises(RuntimeError, match="stopped"):
+        train_sparse.run(train_sparse.parse_opt(args))
+    save_dir = tmp_path / "runs/exp"
+    first = json.loads((save_dir / "bn_gamma.json").read_text())
+    assert first["epochs"] == [-1, 0, 1] and first["start"]["median_gamma_start"] == 1.0
+    assert torch.load(save_dir / "weights/last.pt", weights_only=False)["epoch"] == 0
+
+    monkeypatch.setattr(BNSparsity, "epoch_columns", columns)
+    train_sparse.run(train_sparse.parse_opt(["--resume", str(save_dir / "weights/last.pt"), "--workers", "0"]))
+    hist = json.loads((save_dir / "bn_gamma.json").read_text())
+    assert hist["epochs"] == [-1, 0, 1, 2]
+    assert hist["counts"][:2] == first["counts"][:2] and hist["edges"] == first["edges"]
+    assert len({sum(c) for c in hist["counts"]}) == 1  # every row counts all prunable channels
+    rec = json.loads((save_dir / "sparsity.json").read_text())
+    assert rec["median_gamma_start"] == 1.0 and rec["budget"] == pytest.approx(0.5)
+    assert rec["median_gamma_end"] < 1.0
+    assert (save_dir / "bn_gamma.png").stat().st_size > 10_000
 
 
 def _engine_step(scale: float, sr: float = 0.01, lr: float = 0.1):

@@ -46,6 +46,7 @@ from utils.torch_utils import recalibrate_bn
 
 PREFIX = colorstr("sparsity: ")
 HIST_BINS = 80
+HISTORY = "bn_gamma.json"  # the per-epoch histogram rows behind bn_gamma.png
 
 
 def sr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -101,6 +102,7 @@ class BNSparsity(Hook):
         self.polarize_scope = polarize_scope
         self.bns: dict[str, nn.BatchNorm2d] = {}
         self.history: list[np.ndarray] = []  # |gamma| histogram counts per epoch
+        self.epochs: list[int] = []  # the epoch each history row follows (-1: before training)
         self.edges = np.zeros(0)
         self.record: dict = {}
 
@@ -116,7 +118,14 @@ class BNSparsity(Hook):
         # up to the 99th percentile (a few gammas reach 6 and would squeeze the near-zero mass into one bin);
         # larger values are counted in the last bin
         self.edges = np.linspace(0, max(float(np.quantile(g, 0.99)) * 1.2, 1e-6), HIST_BINS + 1)
-        self.history = [np.histogram(np.clip(g, 0, self.edges[-1]), self.edges)[0]]
+        self.history, self.epochs = [np.histogram(np.clip(g, 0, self.edges[-1]), self.edges)[0]], [-1]
+        start = {"median_gamma_start": median, "budget": self.sr * whole}
+        if state.epoch and not self._load_history(state):
+            LOGGER.info(f"{PREFIX}no {HISTORY} from the interrupted run: bn_gamma.png starts at epoch {state.epoch}")
+            self.epochs = [state.epoch - 1]
+        elif state.epoch:
+            start = self.start
+        self.start = start
         faster = f", gamma lr x{self.gamma_lr:g}" if self.gamma_lr != 1 else ""
         t = self.polarize
         scope = "per layer" if self.polarize_scope == "layer" else "over the network"
@@ -134,8 +143,8 @@ class BNSparsity(Hook):
             LOGGER.warning(f"{PREFIX}WARNING: this cannot sparsify: the penalty can move gamma by {budget:.3g} but "
                            f"the median |gamma| is {median:.3f}. Raise --sr or --epochs, or give --shrink "
                            f"{median:.2g} to derive sr from the shrink you want")
-        self.record = {"sr": self.sr, "schedule": self.schedule, "gamma_lr": self.gamma_lr, "budget": budget,
-                       "median_gamma_start": median, "bn_layers": len(self.bns), "channels": int(g.size),
+        self.record = {"sr": self.sr, "schedule": self.schedule, "gamma_lr": self.gamma_lr, **self.start,
+                       "bn_layers": len(self.bns), "channels": int(g.size),
                        "skip_shortcut": self.skip_shortcut, "polarize": self.polarize,
                        "polarize_scope": self.polarize_scope}
 
@@ -168,6 +177,8 @@ class BNSparsity(Hook):
     def epoch_columns(self, state: TrainState) -> dict[str, float]:
         g = gamma_stats(self._ema_bns(state))
         self.history.append(np.histogram(np.clip(g, 0, self.edges[-1]), self.edges)[0])
+        self.epochs.append(state.epoch)
+        self._save_history(state)
         return {"sparse/sr": self.sr * sr_factor(self.schedule, state.epoch, state.epochs),
                 "sparse/gamma<1e-2": float((g < 1e-2).mean()), "sparse/gamma<1e-3": float((g < 1e-3).mean()),
                 "sparse/mean|gamma|": float(g.mean())}
@@ -176,13 +187,37 @@ class BNSparsity(Hook):
         model = state.ema.ema if state.ema is not None else state.bare
         g = gamma_stats(self._ema_bns(state))
         safe = safe_prune_percent(model, build_groups(model, self.skip_shortcut))
-        plot_gamma_history(np.array(self.history), self.edges, state.save_dir / "bn_gamma.png")
+        plot_gamma_history(np.array(self.history), self.edges, state.save_dir / "bn_gamma.png", self.epochs)
         self.record.update(median_gamma_end=float(np.median(g)), share_below_1e2=float((g < 1e-2).mean()),
                            share_below_1e3=float((g < 1e-3).mean()), safe_prune_percent=safe)
         atomic_write(state.save_dir / "sparsity.json", lambda f: json.dump(self.record, f, indent=2), mode="w")
         LOGGER.info(f"{PREFIX}median |gamma| {self.record['median_gamma_start']:.3g} -> {np.median(g):.3g}, "
                     f"{(g < 1e-2).mean():.1%} below 1e-2; largest safe prune percent {safe:.3f} "
                     f"(python prune.py --percent <= {safe:.2f}); bn_gamma.png and sparsity.json written")
+
+    def _save_history(self, state: TrainState) -> None:
+        """The histogram rows so far, written every epoch so that a resumed run's bn_gamma.png and sparsity.json
+        cover the whole run, not just its last leg."""
+        rec = {"edges": self.edges.tolist(), "epochs": self.epochs, "counts": [r.tolist() for r in self.history],
+               "start": self.start}
+        atomic_write(state.save_dir / HISTORY, lambda f: json.dump(rec, f), mode="w")
+
+    def _load_history(self, state: TrainState) -> bool:
+        """Restores the rows of the epochs before `state.epoch` (a row written after the last checkpoint is
+        dropped: that epoch runs again). False if the file is missing, unreadable or from other BN layers."""
+        try:
+            rec = json.loads((state.save_dir / HISTORY).read_text())
+            edges, epochs, counts = np.array(rec["edges"], dtype=float), list(rec["epochs"]), rec["counts"]
+            keep = [i for i, e in enumerate(epochs) if e < state.epoch]
+            if len(edges) != HIST_BINS + 1 or not keep or epochs[keep[0]] != -1 or \
+                    any(sum(counts[i]) != sum(self.history[0]) for i in keep):
+                return False
+            self.edges, self.epochs = edges, [epochs[i] for i in keep]
+            self.history = [np.array(counts[i]) for i in keep]
+            self.start = dict(rec["start"])
+            return True
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def _ema_bns(self, state: TrainState) -> dict[str, nn.BatchNorm2d]:
         """The same BNs in the EMA model, which is what gets saved and pruned."""
@@ -192,20 +227,22 @@ class BNSparsity(Hook):
         return {k: modules[k] for k in self.bns}
 
 
-def plot_gamma_history(counts: np.ndarray, edges: np.ndarray, save_path) -> None:
-    """The classic slimming figure: the |gamma| distribution of every epoch, as a heat map and as curves."""
+def plot_gamma_history(counts: np.ndarray, edges: np.ndarray, save_path, epochs: list[int] | None = None) -> None:
+    """The classic slimming figure: the |gamma| distribution of every epoch, as a heat map and as curves.
+    epochs: the epoch each row follows (-1: before training); by default rows 0, 1, ... are -1, 0, ..."""
     from utils.plots import plt
 
+    epochs = list(range(-1, len(counts) - 1)) if epochs is None else epochs
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.5), tight_layout=True)
     centres = (edges[:-1] + edges[1:]) / 2
     a0.imshow(np.log1p(counts), aspect="auto", origin="lower", cmap="viridis",
-              extent=(edges[0], edges[-1], -0.5, len(counts) - 0.5))
+              extent=(edges[0], edges[-1], epochs[0] + 0.5, epochs[-1] + 1.5))
     a0.set_xlabel("|gamma| (the last bin holds everything above it)")
-    a0.set_ylabel("epoch (row 0: before training)")
+    a0.set_ylabel("epochs done (0: before training)")
     a0.set_title("BN |gamma| per epoch (log count)")
     step = max(1, (len(counts) - 1) // 6)
     for i in list(range(0, len(counts), step)) + ([len(counts) - 1] if (len(counts) - 1) % step else []):
-        a1.plot(centres, counts[i], label="start" if i == 0 else f"epoch {i - 1}")
+        a1.plot(centres, counts[i], label="start" if epochs[i] == -1 else f"epoch {epochs[i]}")
     a1.set_yscale("symlog")
     a1.set_xlabel("|gamma|")
     a1.set_ylabel("channels")
