@@ -272,16 +272,30 @@ def batch1_latency(records: list[dict], imgsz: int, device: torch.device, runs: 
         records[i].update(b1_ms=round(t["ms"], 2), b1_ms_p10=round(t["p10"], 2), b1_ms_p90=round(t["p90"], 2))
 
 
+def model_labels(paths: list[str]) -> list[str]:
+    """Short row names: the file name, or `<run>/<file>` where file names repeat, else the path."""
+    def run_label(p: Path) -> str:
+        run = p.parent.parent if p.parent.name == "weights" else p.parent
+        return f"{run.name}/{p.name}" if run.name else p.name
+
+    labels = [Path(p).name for p in paths]
+    for shorten in (run_label, str):
+        repeated = {x for x in labels if labels.count(x) > 1}
+        labels = [shorten(Path(p)) if x in repeated else x for p, x in zip(paths, labels)]
+    return labels
+
+
 def print_comparison(records: list[dict]) -> None:
     """One row per checkpoint: what a before/after comparison needs."""
-    w = max(len(Path(r["weights"]).name) for r in records) + 2
+    labels = model_labels([r["weights"] for r in records])
+    w = max(len(x) for x in labels) + 2
     b1 = all("b1_ms" in r for r in records)
     lat_h = f"{'b1 ms':>8}" if b1 else ""
     LOGGER.info(f"\n{'Model':<{w}}{'P':>8}{'R':>8}{'mAP50':>8}{'mAP50-95':>10}{'params':>12}{'GFLOPs':>8}"
                 f"{'ms/img':>8}{lat_h}{'MB':>8}")
-    for r in records:
+    for r, label in zip(records, labels):
         lat = f"{r['b1_ms']:>8.1f}" if b1 else ""
-        LOGGER.info(f"{Path(r['weights']).name:<{w}}{r['P']:>8.3f}{r['R']:>8.3f}{r['mAP50']:>8.3f}"
+        LOGGER.info(f"{label:<{w}}{r['P']:>8.3f}{r['R']:>8.3f}{r['mAP50']:>8.3f}"
                     f"{r['mAP50-95']:>10.3f}{r['params']:>12,}{r['GFLOPs']:>8.2f}{r['ms_per_img']:>8.1f}{lat}"
                     f"{r['file_MB']:>8.2f}")
     if b1:

@@ -22,12 +22,18 @@ from utils.checkpoint import load_checkpoint, load_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _ctrl_c_as_in_a_terminal():
+    """A suite started in the background (`nohup pytest &`) hands its children SIGINT ignored; Ctrl-C is what a
+    terminal sends, so give the child the default disposition and let Python install its own handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_training_keeps_last_pt_and_resume_finishes(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
     args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=4)), "--noplots", epochs=4)
     weights = tmp_path / "runs/exp/weights"
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     _wait_for(weights / "last.pt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -79,7 +85,8 @@ def test_prune_killed_while_writing_leaves_the_previous_outputs(tmp_path, weight
     assert {"pruned.pt", "pruned.yaml", "report.md", "report.json", "channels.png"} <= set(before)
 
     code = DIE_WHILE_SAVING.format(root=str(ROOT), sig=sig, argv=[*common, "--percent", "0.5"])
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       preexec_fn=_ctrl_c_as_in_a_terminal)
     if sig == "SIGINT":
         assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert r.stderr.strip().splitlines()[-1] == "Interrupted"

@@ -72,6 +72,12 @@ def test_several_weights_give_one_comparison(tmp_path, log_lines):
     assert [x.split()[0] for x in table[1:3]] == ["a.pt", "b.pt"]
 
 
+def test_comparison_rows_are_told_apart_when_file_names_repeat():
+    labels = val.model_labels(["yolov5n.pt", "runs/prune/p05/pruned.pt", "runs/finetune/ft/weights/last.pt",
+                               "runs/finetune/ft2/weights/last.pt", "a/exp/best.pt", "b/exp/best.pt"])
+    assert labels == ["yolov5n.pt", "pruned.pt", "ft/last.pt", "ft2/last.pt", "a/exp/best.pt", "b/exp/best.pt"]
+
+
 def test_bad_input_is_one_clear_line(tmp_path):
     data = make_dataset(tmp_path / "ds", n=2, nc=2)
     w = tmp_path / "w.pt"
