@@ -104,6 +104,7 @@ class BNSparsity(Hook):
         self.history: list[np.ndarray] = []  # |gamma| histogram counts per epoch
         self.epochs: list[int] = []  # the epoch each history row follows (-1: before training)
         self.edges = np.zeros(0)
+        self.start: dict = {}  # the whole run's median |gamma| at its start and its shrink budget
         self.record: dict = {}
 
     def on_train_start(self, state: TrainState) -> None:
@@ -119,13 +120,10 @@ class BNSparsity(Hook):
         # larger values are counted in the last bin
         self.edges = np.linspace(0, max(float(np.quantile(g, 0.99)) * 1.2, 1e-6), HIST_BINS + 1)
         self.history, self.epochs = [np.histogram(np.clip(g, 0, self.edges[-1]), self.edges)[0]], [-1]
-        start = {"median_gamma_start": median, "budget": self.sr * whole}
+        self.start = {"median_gamma_start": median, "budget": self.sr * whole}  # a resumed run loads its own
         if state.epoch and not self._load_history(state):
             LOGGER.info(f"{PREFIX}no {HISTORY} from the interrupted run: bn_gamma.png starts at epoch {state.epoch}")
             self.epochs = [state.epoch - 1]
-        elif state.epoch:
-            start = self.start
-        self.start = start
         faster = f", gamma lr x{self.gamma_lr:g}" if self.gamma_lr != 1 else ""
         t = self.polarize
         scope = "per layer" if self.polarize_scope == "layer" else "over the network"
@@ -204,20 +202,21 @@ class BNSparsity(Hook):
 
     def _load_history(self, state: TrainState) -> bool:
         """Restores the rows of the epochs before `state.epoch` (a row written after the last checkpoint is
-        dropped: that epoch runs again). False if the file is missing, unreadable or from other BN layers."""
+        dropped: that epoch runs again). False, changing nothing, if the file is missing, unreadable or from other
+        BN layers."""
         try:
             rec = json.loads((state.save_dir / HISTORY).read_text())
             edges, epochs, counts = np.array(rec["edges"], dtype=float), list(rec["epochs"]), rec["counts"]
+            start = dict(rec["start"])
             keep = [i for i, e in enumerate(epochs) if e < state.epoch]
             if len(edges) != HIST_BINS + 1 or not keep or epochs[keep[0]] != -1 or \
                     any(sum(counts[i]) != sum(self.history[0]) for i in keep):
                 return False
-            self.edges, self.epochs = edges, [epochs[i] for i in keep]
-            self.history = [np.array(counts[i]) for i in keep]
-            self.start = dict(rec["start"])
-            return True
         except (OSError, ValueError, KeyError, TypeError):
             return False
+        self.edges, self.epochs, self.start = edges, [epochs[i] for i in keep], start
+        self.history = [np.array(counts[i]) for i in keep]
+        return True
 
     def _ema_bns(self, state: TrainState) -> dict[str, nn.BatchNorm2d]:
         """The same BNs in the EMA model, which is what gets saved and pruned."""
