@@ -4,8 +4,8 @@
     python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --map   # + mAP50
     python benchmarks/latency.py --weights base.pt --pruned pruned=a.pt round16=b.pt --data my.yaml     # several
 
-Each size gets its own fixed-shape exports (fp32, and int8 calibrated on --data's train images) under
-runs/benchmarks/latency/; all models of a size are timed in interleaved rounds (utils/latency.py), medians over
+Each size gets its own fixed-shape exports (fp32, and int8 calibrated on --data's train images unless --no-int8)
+under runs/benchmarks/latency/; all models of a size are timed in interleaved rounds (utils/latency.py), medians over
 --runs calls after warm-up, with the ratio to the base PyTorch fp32 model. --map evaluates every model of the largest
 size with val.py on --data. Writes latency.json and latency.md. On CUDA (--device 0) the PyTorch rows run fp16.
 """
@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import export  # noqa: E402
 import val  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
+from utils.errors import UserError, cli  # noqa: E402
 from utils.files import atomic_write, file_size_mb  # noqa: E402
 from utils.latency import measure, torch_runner  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
@@ -34,7 +35,7 @@ from utils.torch_utils import select_device  # noqa: E402
 
 
 def export_size(name: str, w: Path, size: int, opt: argparse.Namespace, out: Path) -> dict:
-    ns = Namespace(imgsz=[size, size], dynamic=False, opset=export.OPSET, int8=True, data=opt.data,
+    ns = Namespace(imgsz=[size, size], dynamic=False, opset=export.OPSET, int8=opt.int8, data=opt.data,
                    calib_images=opt.calib_images, calibration="minmax")
     return export.export_weights(w, ns, out / f"{name}-{size}.onnx")
 
@@ -48,7 +49,8 @@ def rows_for_size(size: int, models: dict[str, Path], opt, out: Path, device: to
                                                                                     device)
         files[(name, "pytorch fp16" if half else "pytorch fp32")] = w
         e = export_size(name, w, size, opt, out)
-        for backend, f in (("onnxruntime fp32", e["onnx"]), ("onnxruntime int8", e["int8"])):
+        onnx = [("onnxruntime fp32", e["onnx"])] + ([("onnxruntime int8", e["int8"])] if opt.int8 else [])
+        for backend, f in onnx:
             runners[(name, backend)] = OnnxModel(f).runner(size)
             files[(name, backend)] = Path(f)
     LOGGER.info(f"\nlatency at {size}: {opt.runs} runs per model in 5 interleaved rounds...")
@@ -80,7 +82,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+@cli
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="base checkpoint")
     p.add_argument("--pruned", nargs="*", default=[], metavar="[NAME=]PT",
@@ -89,17 +92,18 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
     p.add_argument("--runs", type=int, default=60, help="timed calls per model and size (>= 50 recommended)")
     p.add_argument("--calib-images", type=int, default=100)
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also time int8 ONNX exports")
     p.add_argument("--map", action="store_true", help="also mAP50 of every model at the largest size (val.py)")
     p.add_argument("--device", default="cpu", help="PyTorch device (ONNX Runtime runs on the CPU)")
     p.add_argument("--out", default=str(ROOT / "runs/benchmarks/latency"))
-    opt = p.parse_args()
+    opt = p.parse_args(argv)
     models = {"base": Path(opt.weights)}
     for i, arg in enumerate(opt.pruned):
         name, _, path = arg.rpartition("=")
         models[name or ("pruned" if len(opt.pruned) == 1 else f"pruned{i + 1}")] = Path(path)
     for w in models.values():
         if not w.is_file():
-            sys.exit(f"ERROR: weights not found: {w}")
+            raise UserError(f"weights not found: {w}")
     out = Path(opt.out)
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(opt.device)
@@ -112,6 +116,7 @@ def main() -> None:
     atomic_write(out / "latency.json", lambda f: json.dump(rows, f, indent=1), mode="w")
     atomic_write(out / "latency.md", lambda f: f.write(f"{threads}\n\n{md}\n"), mode="w")
     print(f"\nwritten: {out / 'latency.md'}, {out / 'latency.json'}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,213 @@
+"""benchmarks/compare.py (the held-out benchmark harness), benchmarks/tp_prune.py and the stage cache of
+benchmarks/slim_pipeline.py's Pipeline, on tiny data and a yolov5n at 64 px."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import ROOT, make_dataset, shared_path
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import compare  # noqa: E402
+import slim_pipeline  # noqa: E402
+import tp_prune  # noqa: E402
+
+from models.yolo import DetectionModel  # noqa: E402
+from utils.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.files import yaml_load, yaml_save  # noqa: E402
+from utils.torch_utils import model_flops  # noqa: E402
+
+KEYS = {"method", "target_gflops", "weights", "P", "R", "mAP50", "mAP50-95", "params", "GFLOPs", "ms_pt", "ms_ort",
+        "seconds", *(f"{k}_ratio" for k in compare.RATIO_KEYS)}
+
+
+def tiny_data(root: Path) -> Path:
+    """make_dataset's rectangles on noisy backgrounds: flat images leave BN variances near zero, and the models
+    fine-tuned on them numerically extreme."""
+    data = make_dataset(root, n=8, nc=2, size=(64, 80))
+    rng = np.random.default_rng(0)
+    for f in sorted((root / "images" / "val").glob("*.jpg")):
+        im = cv2.imread(str(f)).astype(np.int16) + rng.integers(-100, 100, (64, 80, 3))
+        cv2.imwrite(str(f), np.clip(im, 0, 255).astype(np.uint8))
+    return data
+
+
+def tiny_weights(path: Path) -> Path:
+    torch.manual_seed(0)
+    m = DetectionModel("yolov5n.yaml", nc=2)
+    save_checkpoint({"model": m.half(), "ema": None, "epoch": -1, "opt": {}}, path)
+    return path
+
+
+def harness_args(data: Path, weights: Path, project: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--weights", str(weights), "--imgsz", "64", "--batch-size", "4", "--base-epochs",
+            "2", "--budget", "2", "--sparse-epochs", "1", "--candidates", "2", "--calib-batches", "1",
+            "--latency-runs", "5", "--workers", "0", "--device", "cpu", "--project", str(project), "--name", "t",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, one_thread):
+    """One run of the harness with every method (and one curve point): (rows, run folder, argv). The base is
+    fine-tuned from a trained yolov5n (6 classes; the nc=2 data gets new Detect outputs): a random one, once
+    fine-tuning recalibrates its BN statistics, has activations so large that ONNX Runtime's rounding fails
+    export.py's parity check in the latency stage."""
+    tmp = tmp_path_factory.mktemp("compare")
+    weights = shared_path("fixtures", "upstream-yolov5n-shapes.pt")
+    argv = harness_args(tiny_data(tmp / "data"), weights, tmp / "runs", "--curve", "0.7", "--curve-methods", "l1")
+    return compare.main(argv), tmp / "runs" / "t", argv
+
+
+@pytest.mark.slow
+def test_every_method_runs_and_reports(bench):
+    rows, d, _ = bench
+    assert [r["method"] for r in rows] == ["base", *compare.METHODS, "l1"]
+    for r in rows:
+        assert set(r) == KEYS, r["method"]
+        numbers = [v for k, v in r.items() if isinstance(v, (int, float)) and k != "target_gflops"]
+        assert all(math.isfinite(v) for v in [*numbers, *r["seconds"].values()]), r
+        assert r["ms_pt"] > 0 and r["ms_ort"] > 0 and Path(r["weights"]).is_file()
+    base = rows[0]
+    assert base["target_gflops"] is None and base["GFLOPs_ratio"] == 1.0
+    for r in rows[1:]:
+        share = r["GFLOPs"] / base["GFLOPs"]  # val.py's GFLOPs, rounded to 3 decimals: a few % at 0.04 GFLOPs
+        assert abs(share - r["target_gflops"]) < 0.1, (r["method"], share)
+        assert r["params"] < base["params"]
+    assert set(rows[1]["seconds"]) == {"sparse", "prune", "finetune"} and set(rows[-2]["seconds"]) == {"train"}
+    assert json.loads((d / "results.json").read_text()) == rows
+    md = (d / "results.md").read_text()
+    assert "n_base = 2" in md and "Seed 0" in md and "| tp-taylor | 0.5 |" in md
+    assert (d / "pareto.png").stat().st_size > 0 and (d / "base.png").stat().st_size > 0
+    commands = (d / "commands.sh").read_text().splitlines()
+    assert len(commands) == len(list(d.rglob("stage.json"))) == 19  # every stage once, each cached in its folder
+    assert commands[0].startswith("python train.py --weights ") and " --patience 20 " in commands[0]
+    assert any(c.startswith("python benchmarks/tp_prune.py ") and "--importance taylor" in c for c in commands)
+    dense = yaml_load(d / "dense-0.5" / "dense.yaml")
+    assert dense["nc"] == 2 and 0 < dense["width_multiple"] < 0.25
+    assert "--epochs 4 " in next(c for c in commands if "--name dense-0.5" in c)  # n_base + budget
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_finished_stage(bench, log_lines):
+    rows, d, argv = bench
+    (d / "base" / "stage.json").unlink()  # as the BCCD base started by hand: a finished run without a stage.json
+    stamps = {f: f.stat().st_mtime_ns for f in d.rglob("stage.json")}
+    again = compare.main(argv)
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
+    assert not any("Starting training" in x for x in log_lines)
+    assert sum(x.startswith("pipeline: cached: ") for x in log_lines) == len(stamps) == 18
+    assert any("adopting the finished run" in x for x in log_lines)
+    assert any("pipeline: [19/19] latency ... " in x and "elapsed, ETA " in x for x in log_lines)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.slow
+def test_other_arguments_of_a_finished_stage_stop_with_one_line(bench, capsys):
+    _, d, argv = bench
+    stamps = {f: f.stat().st_mtime_ns for f in d.rglob("stage.json")}
+    with pytest.raises(SystemExit) as e:
+        compare.main([*argv, "--budget", "3"])  # the slim fine-tuning would run 2 epochs, not 1
+    err = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert e.value.code == 1 and len(err) == 1 and err[0].startswith("ERROR: ")
+    assert "slim-0.5/finetune was run with other arguments (--epochs '1', now '2')" in err[0]
+    assert "another --name" in err[0]
+    assert {f: f.stat().st_mtime_ns for f in d.rglob("stage.json")} == stamps
+
+
+def _fake_stage(calls: list):
+    def main(argv):
+        calls.append(argv)
+        return {"weights": "w.pt", "argv": argv}
+    return main
+
+
+def test_stage_cache_resume_and_other_arguments(tmp_path):
+    """Pipeline.stage without training: cached when the argv matches (--workers/--device aside), one line when it
+    does not, and an interrupted training run (last.pt with an optimizer) resumed after a check of its opt.yaml."""
+    p = slim_pipeline.Pipeline(Namespace(project=str(tmp_path), name="x", exist_ok=True))
+    calls: list = []
+    out = ["--project", str(p.dir), "--name"]
+    p.plan = {"a": 0, "run": 3}
+    first = p.stage("s.py", _fake_stage(calls), ["--epochs", "3", *out, "a", "--workers", "8"])
+    assert p.stage("s.py", _fake_stage(calls), ["--epochs", "3", *out, "a", "--workers", "0"]) == first
+    assert len(calls) == 1 and json.loads((p.dir / "a" / "stage.json").read_text())["record"] == first
+    with pytest.raises(UserError, match=r"x/a was run with other arguments \(--epochs '3', now '4'\)"):
+        p.stage("s.py", _fake_stage(calls), ["--epochs", "4", *out, "a"])
+
+    run = p.dir / "run"
+    hyp = ROOT / "data" / "hyps" / "hyp.small.yaml"
+    yaml_save(run / "opt.yaml", {"epochs": 3, "hyp": None, "seed": 0, "resume": False, "exist_ok": True})
+    yaml_save(run / "hyp.yaml", yaml_load(hyp))
+    save_checkpoint({"model": nn.Conv2d(1, 1, 1), "optimizer": {"state": {}}, "epoch": 1}, run / "weights" / "last.pt")
+    argv = ["--epochs", "3", "--hyp", str(hyp), "--seed", "0", *out, "run", "--exist-ok", "--workers", "0"]
+    with pytest.raises(UserError, match="holds a training run with --seed 0, not '1'"):
+        p.stage("train.py", _fake_stage(calls), [*argv[:5], "1", *argv[6:]])
+    p.stage("train.py", _fake_stage(calls), argv, epochs=3)
+    assert calls[-1] == ["--resume", str(run / "weights" / "last.pt"), "--workers", "0"]
+    assert json.loads((run / "stage.json").read_text())["argv"] == argv
+
+
+def test_tp_pruned_model_is_a_normal_checkpoint(tmp_path, one_thread):
+    """Torch-Pruning's cut lands at the GFLOPs target, rebuilds from its yaml, evaluates in val.py and exports to an
+    ONNX file whose ONNX Runtime output matches PyTorch's."""
+    import export
+    import val
+    from utils.onnx_backend import OnnxModel
+
+    data = tiny_data(tmp_path / "data")
+    w = tiny_weights(tmp_path / "w.pt")
+    recs = {imp: tp_prune.main(["--weights", str(w), "--importance", imp, "--gflops", "0.6", "--data", str(data),
+                                "--imgsz", "64", "--batch-size", "4", "--calib-batches", "1", "--workers", "0",
+                                "--project", str(tmp_path), "--name", imp]) for imp in tp_prune.IMPORTANCE}
+    for rec in recs.values():
+        assert 0.55 < rec["settings"]["share"] <= 0.6
+        assert rec["after"]["GFLOPs"] / rec["before"]["GFLOPs"] == pytest.approx(rec["settings"]["share"], rel=0.01)
+        assert {"eval"} <= set(rec["after"]) and rec["torch_pruning"] == tp_prune.tp_version()
+    pt = Path(recs["taylor"]["save_dir"]) / "pruned.pt"
+    ckpt = load_checkpoint(pt)
+    assert ckpt["prune"]["method"] == "tp-taylor" and ckpt["optimizer"] is None
+    assert next(ckpt["model"].parameters()).dtype == torch.float16
+    model = load_model(pt)
+    rebuilt = DetectionModel(yaml_load(Path(recs["taylor"]["save_dir"]) / "pruned.yaml"))
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    record = val.main(["--weights", str(pt), "--data", str(data), "--imgsz", "64", "--workers", "0",
+                       "--project", str(tmp_path), "--name", "val", "--no-plots"])[0]
+    assert record["params"] == sum(p.numel() for p in model.parameters()) and math.isfinite(record["mAP50-95"])
+    ns = argparse.Namespace(imgsz=[64, 64], dynamic=False, opset=export.OPSET, int8=False)
+    onnx = export.export_weights(pt, ns)["onnx"]
+    x = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    with torch.inference_mode():
+        ref = load_model(pt, fuse=True)(torch.from_numpy(x))[0].numpy()
+    assert np.allclose(OnnxModel(onnx).run(x), ref, atol=1e-3, rtol=1e-4)
+
+
+def test_dense_width_is_the_nearest_to_the_target(one_thread):
+    cfg = {**yaml_load(ROOT / "models" / "yolov5n.yaml"), "nc": 2}
+    target = 0.5 * model_flops(DetectionModel(cfg), 64)
+    w, gf = compare.dense_width(cfg, target, 64)
+    assert gf == pytest.approx(model_flops(DetectionModel({**cfg, "width_multiple": w}), 64))
+    scan = [model_flops(DetectionModel({**cfg, "width_multiple": x}), 64) for x in np.arange(0.1, 0.25, 0.01)]
+    assert abs(gf - target) <= min(abs(f - target) for f in scan) + 1e-12
+    assert abs(gf / target - 1) < 0.1
+
+
+def test_curve_takes_the_two_best_of_ours_and_the_best_of_torch_pruning():
+    c = compare.Compare.__new__(compare.Compare)
+    c.opt = Namespace(curve_methods=None)
+    fit = {"slim": 0.3, "l1": 0.1, "taylor": 0.5, "eagleeye": 0.2, "tp-magnitude": 0.25, "tp-taylor": 0.4, "dense": 0.9}
+    assert c.curve_methods([{"method": m, "fit": f} for m, f in fit.items()]) == ["taylor", "slim", "tp-taylor"]
+    c.opt = Namespace(curve_methods=["dense", "l1"])
+    assert c.curve_methods([]) == ["dense", "l1"]
