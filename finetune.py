@@ -7,7 +7,9 @@
 The model is rebuilt from the yaml stored in the checkpoint (a pruned model's own widths), so there is no --cfg;
 its anchors are kept (pass --autoanchor to recompute them). With --bn-floor 0.05, conv channels whose BN running
 variance is below 0.05 are first rescaled to it without changing the outputs (utils/bn_floor.py): a sparse-trained
-model has many, and they make the first fine-tuning epochs lose much of what the model knew. With --teacher,
+model has many, and they make the first fine-tuning epochs lose much of what the model knew. A pruned checkpoint's
+BN statistics lag behind its new widths, so by default its EMA model's statistics are recomputed on 8 training
+batches after every epoch, before validation (--bn-recal N; 0 turns it off). With --teacher,
 the unpruned model's outputs are soft targets (utils/distill.py) and results.csv gains train/kd_loss. A checkpoint
 from `prune.py --method unstructured` keeps its zero weights: they are re-applied after every optimizer step.
 Outputs go to runs/finetune/exp.
@@ -19,6 +21,7 @@ import argparse
 
 import train
 from utils.bn_floor import BNVarianceFloor
+from utils.bn_recal import BNRecalibration
 from utils.checkpoint import load_checkpoint
 from utils.distill import add_teacher_args, teacher_hooks
 from utils.engine import Hook
@@ -33,17 +36,23 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-floor", type=float, default=0.0,
                    help="before the first step, rescale conv channels whose BN running variance is below this (0.05 "
                         "suits sparse-trained models) to it, keeping the outputs; 0 (default) leaves them")
+    p.add_argument("--bn-recal", type=int, default=None,
+                   help="recompute the EMA model's BN statistics on this many training batches after every epoch, "
+                        "before validation (default: 8 for a pruned checkpoint, whose statistics lag, else 0)")
     p.set_defaults(project=str(train.ROOT / "runs/finetune"), hyp=str(train.ROOT / "data/hyps/hyp.finetune.yaml"))
     opt = train.finalize_opt(p.parse_args(argv))
     if not opt.resume and not opt.weights:
         raise UserError("finetune.py needs --weights (the trained or pruned checkpoint to fine-tune)")
-    if opt.bn_floor < 0:
-        raise UserError(f"--bn-floor {opt.bn_floor:g} must be >= 0 (0 turns it off)")
+    if opt.bn_floor < 0 or (opt.bn_recal or 0) < 0:
+        raise UserError("--bn-floor and --bn-recal must be >= 0 (0 turns them off)")
     if opt.cfg:
         raise UserError("finetune.py builds the model from the checkpoint's own yaml: drop --cfg "
                         "(train.py --cfg ... --weights ... transfers weights into another architecture)")
-    if not opt.resume:  # a resumed run keeps the choice it saved
-        opt.keep_zeros = (load_checkpoint(opt.weights).get("prune") or {}).get("method") == "unstructured"
+    if not opt.resume:  # a resumed run keeps the choices it saved
+        pruned = load_checkpoint(opt.weights).get("prune")
+        opt.keep_zeros = (pruned or {}).get("method") == "unstructured"
+        if opt.bn_recal is None:
+            opt.bn_recal = 8 if pruned else 0
     return opt
 
 
@@ -53,6 +62,8 @@ def hooks(opt: argparse.Namespace) -> list[Hook]:
     out = teacher_hooks(opt)
     if getattr(opt, "bn_floor", 0) > 0:
         out.append(BNVarianceFloor(opt.bn_floor))
+    if getattr(opt, "bn_recal", 0):
+        out.append(BNRecalibration(opt.bn_recal))
     if getattr(opt, "keep_zeros", False):
         LOGGER.info("finetune: the checkpoint was pruned unstructured; its zero weights stay zero")
         out.append(KeepZeros())

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import time
 from copy import deepcopy
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from utils.labels import list_images
 from utils.log import LOGGER, colorstr
 from utils.loss import ComputeLoss
 from utils.pruning import sensitivity
+from utils.pruning.collapse import Collapse, cut_warning, remedy
 from utils.pruning.eagleeye import plot_candidates
 from utils.pruning.graph import build_groups, probe_size
 from utils.pruning.pruner import METHODS, NEEDS_DATA, PruneResult, PruneSettings, SearchData, importance, \
@@ -62,14 +64,16 @@ ROOT = Path(__file__).resolve().parent
 PREFIX = colorstr("prune: ")
 
 
-def fraction(text: str) -> float:
-    """--percent as a number; a non-number is one clear line (UserError), not argparse's usage dump. The range is
-    PruneSettings.check's."""
+def fraction(text: str) -> float | str:
+    """--percent as a number or 'auto'; anything else is one clear line (UserError), not argparse's usage dump. The
+    range is PruneSettings.check's."""
+    if text == "auto":
+        return text
     try:
         return float(text)
     except ValueError:
-        raise UserError(f"--percent must be a number in [0, 1), the share of channels to remove; got '{text}'") \
-            from None
+        raise UserError(f"--percent must be a number in [0, 1), the share of channels to remove, or auto; got "
+                        f"'{text}'") from None
 
 
 def resolve_weights(w: str) -> Path:
@@ -102,7 +106,8 @@ def describe(model: nn.Module, imgsz: int) -> dict:
 def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> SearchData:
     """The data-driven methods' data from the training split: --calib-batches training batches (adaptive BN, taylor's
     gradients), a scorer (mAP50) on held-out images (a fifth of the split, at most 500, drawn with --seed; the batches
-    never come from them) and the training loss (hyp.scratch-low's gains)."""
+    never come from them), the training loss (hyp.scratch-low's gains) and, for a loss sensitivity analysis, the first
+    held-out batches in memory (sensitivity.HELD_IMAGES images at most)."""
     files = list_images(data["train"])
     if len(files) < 2:
         raise UserError(f"{opt.data}: --method {opt.method} needs at least 2 training images (batches and held-out)")
@@ -112,16 +117,29 @@ def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> Search
     stride = max(int(model.stride.max()), 32)
     calib_loader = create_dataloader(rest, opt.imgsz, opt.batch_size, stride, shuffle=True, workers=opt.workers,
                                      nc=data["nc"], seed=opt.seed, prefix=colorstr("calib: "))[0]
-    batches = []
-    for imgs, targets, *_ in calib_loader:
-        batches.append((imgs.float() / 255, targets))
-        if len(batches) == opt.calib_batches:
-            break
+    batches = _first_batches(calib_loader, opt.calib_batches * opt.batch_size)
     hold_loader = create_dataloader(hold, opt.imgsz, opt.batch_size, stride, rect=True, pad=0.5, workers=opt.workers,
                                     nc=data["nc"], prefix=colorstr("held-out: "))[0]
-    LOGGER.info(f"{PREFIX}{len(batches)} training batches from {len(rest)} images; held-out mAP50 on {len(hold)}")
+    analysis = (opt.sensitivity or opt.method == "sensitivity") and not opt.sensitivity_csv
+    held = _first_batches(hold_loader, sensitivity.HELD_IMAGES) if analysis and opt.sensitivity_score == "loss" else []
+    calib = min(len(batches), sensitivity.CALIB_BATCHES)
+    LOGGER.info(f"{PREFIX}{len(batches)} training batches from {len(rest)} images; held-out mAP50 on {len(hold)}"
+                + (f"; sensitivity: held-out loss on {sum(len(x) for x, _ in held)} of them, adaptive BN on the first "
+                   f"{calib} batches" if held else ""))
     return SearchData(batches, lambda m: val.evaluate_model(m, hold_loader, m.names)["mAP50"],
-                      yolo_loss(model.model[-1].nl, data["nc"], opt.imgsz))
+                      yolo_loss(model.model[-1].nl, data["nc"], opt.imgsz), held=held,
+                      sensitivity_score=opt.sensitivity_score, sensitivity_calib=calib)
+
+
+def _first_batches(loader, images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(images in 0..1, targets) batches from the start of `loader` until they hold at least `images` images."""
+    out, n = [], 0
+    for imgs, targets, *_ in loader:
+        out.append((imgs.float() / 255, targets))
+        n += len(imgs)
+        if n >= images:
+            break
+    return out
 
 
 def yolo_loss(nl: int, nc: int, imgsz: int):
@@ -178,10 +196,27 @@ def print_summary(rec: dict) -> None:
         LOGGER.info(f"{name:<14}{x:>14}{y:>14}" + (f"{r:>8.3f}" if r == r else f"{'-':>8}"))
 
 
+def warn_live(s: dict) -> None:
+    """One line, as soon as the cut is made, when it removed channels that had not collapsed (`s`: the summary)."""
+    if s.get("live_removed"):
+        c = Collapse(s["collapsed_share"], s["collapse_threshold"], s["group_channels"])
+        LOGGER.warning(f"{PREFIX}{cut_warning(s['method'], s['removed_share'], c, s['live_removed'])}")
+
+
+def warn_drop(rec: dict) -> None:
+    """One line when the measured mAP50 fell by more than half."""
+    s, b, a = rec["settings"], rec["before"], rec["after"]
+    if "eval" in b and a["eval"]["mAP50"] < 0.5 * b["eval"]["mAP50"]:
+        LOGGER.warning(f"{PREFIX}WARNING: mAP50 fell by more than half, {b['eval']['mAP50']:.3f} -> "
+                       f"{a['eval']['mAP50']:.3f}: this model needs fine-tuning (finetune.py) before it is useful"
+                       + (f"; remedy: {remedy(s['method'])}" if s.get("live_removed") else ""))
+
+
 def settings_from(opt: argparse.Namespace) -> PruneSettings:
-    settings = PruneSettings(opt.method, opt.percent, opt.skip_shortcut, opt.min_channels, opt.round, opt.group_score,
-                             opt.flops_target, opt.layers, opt.candidates, opt.calib_batches, opt.seed, opt.imgsz,
-                             opt.max_drop, tuple(opt.ratios), opt.adaptive_bn)
+    auto = opt.percent == "auto"
+    settings = PruneSettings(opt.method, 0.0 if auto else opt.percent, opt.skip_shortcut, opt.min_channels, opt.round,
+                             opt.group_score, opt.flops_target, opt.layers, opt.candidates, opt.calib_batches,
+                             opt.seed, opt.imgsz, opt.max_drop, tuple(opt.ratios), opt.adaptive_bn, auto)
     try:
         settings.check()
     except ValueError as e:
@@ -199,8 +234,9 @@ def settings_from(opt: argparse.Namespace) -> PruneSettings:
 def command(opt: argparse.Namespace) -> str:
     """The flags that decided this pruning, as a user would type them."""
     s = f"--method {opt.method}"
+    percent = opt.percent if opt.percent == "auto" else f"{opt.percent:g}"
     s += f" --flops-target {opt.flops_target:g}" if opt.flops_target else \
-        ("" if opt.method in ("eagleeye", "layer") else f" --percent {opt.percent:g}")
+        ("" if opt.method in ("eagleeye", "layer") else f" --percent {percent}")
     s += f" --layers {opt.layers}" if opt.method.startswith("layer") else ""
     s += f" --candidates {opt.candidates} --calib-batches {opt.calib_batches}" if opt.method == "eagleeye" else ""
     s += f" --calib-batches {opt.calib_batches}" if opt.method in ("taylor", "sensitivity") else ""
@@ -245,6 +281,7 @@ def run(opt: argparse.Namespace) -> dict:
     except ValueError as e:  # a target the model cannot reach, more layers than it has
         raise UserError(str(e)) from None
     pruned = result.model
+    warn_live(result.summary())
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     after = describe(pruned, opt.imgsz)
     if loader is not None:
@@ -268,6 +305,7 @@ def run(opt: argparse.Namespace) -> dict:
         rec["seconds"] = round(time.time() - t0, 2)
         write_report(out, rec)
     print_summary(rec)
+    warn_drop(rec)
     if result.clamped:
         LOGGER.warning(f"{PREFIX}WARNING: {len(result.clamped)} layer(s) had every channel below the threshold and "
                        f"keep --min-channels {opt.min_channels} (largest safe percent {result.safe_percent:.3f})")
@@ -285,29 +323,34 @@ def _plot_names(method: str) -> str:
 
 def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: argparse.Namespace,
             weights: Path) -> dict:
-    """prune.py --sensitivity: each layer pruned alone at --ratios; sensitivity.csv/png, the safest and most fragile
-    layers. Nothing is pruned."""
+    """prune.py --sensitivity: each layer pruned alone at --ratios and scored (--sensitivity-score);
+    sensitivity.csv/png, the safest and most fragile layers. Nothing is pruned."""
     t0 = time.time()
     groups = build_groups(model, settings.skip_shortcut)
     try:
-        base, curves = sensitivity_curves(model, groups, importance(model, groups, settings), settings, search)
+        scores = importance(model, groups, replace(settings, method="sensitivity"))  # as --method sensitivity cuts
+        base, curves = sensitivity_curves(model, groups, scores, settings, search)
     except ValueError as e:
         raise UserError(str(e)) from None
+    metric = curves[0].metric if curves else "mAP50"
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     with staged_outputs(save_dir) as out:
         sensitivity.save_csv(out / "sensitivity.csv", base, curves)
         sensitivity.plot(out / "sensitivity.png", base, curves, f"{weights.name}: sensitivity of {len(curves)} layers")
     rank = sensitivity.ranking(curves, base)
     n = min(5, len(rank))
-    LOGGER.info(f"\n{PREFIX}unpruned mAP50 {base:.3f} on held-out training images; mean drop over the ratios "
+    unpruned = f"held-out loss {base:.4g} per image (unpruned, the same adaptive BN)" if metric == "loss" else \
+        f"mAP50 {base:.3f} on held-out training images (unpruned)"
+    LOGGER.info(f"\n{PREFIX}{unpruned}; mean {sensitivity.DROPS[metric]} over the ratios "
                 f"{', '.join(map(str, settings.ratios))}:")
     LOGGER.info("  safest:       " + ", ".join(f"{name} {d:+.3f}" for name, d in rank[:n]))
     LOGGER.info("  most fragile: " + ", ".join(f"{name} {d:+.3f}" for name, d in reversed(rank[-n:])))
     LOGGER.info(f"{PREFIX}done in {time.time() - t0:.1f}s. Results saved to {colorstr('bold', str(save_dir))} "
                 f"(sensitivity.csv, sensitivity.png)\n"
-                f"Next: python prune.py --weights {weights} --method sensitivity --max-drop 0.02 --data {opt.data} "
+                f"Next: python prune.py --weights {weights} --method sensitivity --max-drop "
+                f"{sensitivity.EXAMPLE_DROP[metric]:g} --data {opt.data} "
                 f"--sensitivity-csv {save_dir / 'sensitivity.csv'}")
-    return {"weights": str(weights), "save_dir": str(save_dir), "base": base, "ranking": rank,
+    return {"weights": str(weights), "save_dir": str(save_dir), "metric": metric, "base": base, "ranking": rank,
             "curves": [vars(c) for c in curves]}
 
 
@@ -340,7 +383,8 @@ def _layer_notes(layers: list[dict], n: int) -> list[str]:
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, default="last.pt", help="checkpoint to prune (bare name: newest in runs/)")
-    p.add_argument("--percent", type=fraction, default=0.5, help="share of prunable channels to remove, in [0, 1)")
+    p.add_argument("--percent", type=fraction, default=0.5,
+                   help="share of prunable channels to remove, in [0, 1), or auto: the share that has collapsed")
     p.add_argument("--method", default="slim", choices=METHODS, help="what decides the cut (see above)")
     p.add_argument("--flops-target", type=float, default=0.0,
                    help="keep this share of the GFLOPs instead of --percent (slim, l1, layer+slim; eagleeye needs it)")
@@ -350,9 +394,13 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training batches: adaptive BN (eagleeye, sensitivity, --adaptive-bn), taylor's gradients")
     p.add_argument("--seed", type=int, default=0, help="seed of eagleeye's draws and of the held-out split")
     p.add_argument("--max-drop", type=float, default=0.0,
-                   help="sensitivity: the mAP50 each layer alone may lose (e.g. 0.02)")
+                   help="sensitivity: what each layer alone may cost in the analysis' score: the relative increase of "
+                        "the held-out loss (e.g. 0.05 = 5%%) or, for a --sensitivity-score map analysis, the mAP50 "
+                        "lost (e.g. 0.02)")
     p.add_argument("--sensitivity", action="store_true",
                    help="only analyse: prune each layer alone at --ratios, write sensitivity.csv/png (needs --data)")
+    p.add_argument("--sensitivity-score", default="loss", choices=("loss", "map"),
+                   help="sensitivity: held-out YOLOv5 loss (fast, no NMS) or mAP50 (the slow reference)")
     p.add_argument("--sensitivity-csv", default="", help="method sensitivity: reuse this analysis instead of rerunning")
     p.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="sensitivity: shares of a layer tried")
     p.add_argument("--adaptive-bn", action="store_true",

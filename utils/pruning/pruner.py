@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from utils.pruning import eagleeye, sensitivity
+from utils.pruning.collapse import auto_percent, collapse, live_removed
 from utils.pruning.flops import ChannelCost
 from utils.pruning.graph import build_groups
 from utils.pruning.groups import ChannelGroup, global_threshold, group_scores, safe_percent, select_channels
@@ -32,6 +33,7 @@ from utils.torch_utils import model_flops, recalibrate_bn
 
 METHODS = ("slim", "l1", "taylor", "eagleeye", "sensitivity", "layer", "layer+slim", "unstructured")
 NEEDS_DATA = ("eagleeye", "taylor", "sensitivity")
+RANKED = ("slim", "l1", "taylor", "layer+slim")  # one global ranking cut by --percent (or auto)
 
 
 @dataclass
@@ -42,6 +44,9 @@ class SearchData:
     score: Callable[[nn.Module], float] | None = None  # a model -> mAP50 on held-out training images
     loss: Callable[[nn.Module], Callable] | None = None  # model -> its loss fn: (model output, targets) -> scalar
     curves: tuple[float, list[Curve]] | None = None  # a finished sensitivity analysis to reuse (base score, curves)
+    held: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()  # held-out (images, targets): the sensitivity loss score
+    sensitivity_score: str = "loss"  # what the sensitivity analysis scores: "loss" (held) or "map" (score)
+    sensitivity_calib: int = 0  # > 0: the loss analysis recalibrates BN on only this many of the batches
 
     @property
     def images(self) -> list[torch.Tensor]:
@@ -49,7 +54,8 @@ class SearchData:
 
     def need(self, flag: str, *what: str) -> None:
         """ValueError naming `flag` (e.g. "--method taylor") when any of the fields `what` is missing."""
-        missing = {"batches": not self.batches, "score": self.score is None, "loss": self.loss is None}
+        missing = {"batches": not self.batches, "score": self.score is None, "loss": self.loss is None,
+                   "held": not self.held}
         if any(missing[w] for w in what):
             raise ValueError(f"{flag} needs --data (training batches and held-out images)")
 
@@ -70,9 +76,10 @@ class PruneSettings:
     calib_batches: int = 8  # eagleeye: training batches for adaptive BN
     seed: int = 0  # eagleeye: candidate draws
     imgsz: int = 640  # the size GFLOPs are counted at
-    max_drop: float = 0.0  # sensitivity: the mAP50 each layer alone may cost
+    max_drop: float = 0.0  # sensitivity: what each layer alone may cost (Curve.drops: loss increase or mAP50 lost)
     ratios: tuple[float, ...] = sensitivity.RATIOS  # sensitivity: the shares of a layer tried
     adaptive_bn: bool = False  # recompute the pruned model's BN statistics on the calibration batches
+    auto: bool = False  # --percent auto: cut the collapsed share (capped by the layer-emptying limit)
 
     def check(self) -> None:
         """ValueError with a one-line reason for settings the method cannot honour."""
@@ -94,10 +101,14 @@ class PruneSettings:
         if self.calib_batches < 1:
             raise ValueError("--calib-batches must be at least 1")
         if self.method == "sensitivity" and not (self.max_drop > 0) ^ bool(self.flops_target):
-            raise ValueError("--method sensitivity needs one of --max-drop X (the mAP50 each layer alone may cost, "
-                             "e.g. 0.02) or --flops-target F")
+            raise ValueError("--method sensitivity needs one of --max-drop X (what each layer alone may cost: the "
+                             "relative held-out loss increase, e.g. 0.05, or with --sensitivity-score map the mAP50 "
+                             "lost, e.g. 0.02) or --flops-target F")
         if not self.ratios or not all(0 < r < 1 for r in self.ratios) or list(self.ratios) != sorted(set(self.ratios)):
             raise ValueError(f"--ratios must be increasing shares in (0, 1); got {' '.join(map(str, self.ratios))}")
+        if self.auto and (self.method not in RANKED or self.flops_target):
+            raise ValueError(f"--percent auto cuts the channels that collapsed in one global ranking: methods "
+                             f"{', '.join(RANKED)}, without --flops-target")
         if self.method.startswith("layer") and self.layers < 1:
             raise ValueError(f"--method {self.method} needs --layers N >= 1 (residual bottlenecks to remove)")
         if self.method in ("layer", "unstructured") and self.flops_target:
@@ -118,6 +129,7 @@ class PruneResult:
     base: nn.Module | None = None  # the model the groups and keep refer to (after layer removal, if any)
     details: dict = field(default_factory=dict)  # what the method reports besides (candidates, removed blocks, ...)
     curves: tuple[float, list[Curve]] | None = None  # sensitivity: (unpruned score, per-layer curves) it used
+    scores: list[torch.Tensor] = field(default_factory=list)  # per group, the channel scores the method ranked
 
     def summary(self) -> dict:
         s = {**asdict(self.settings), **self.details}
@@ -148,16 +160,21 @@ def importance(model: nn.Module, groups: list[ChannelGroup], settings: PruneSett
 def sensitivity_curves(model: nn.Module, groups: list[ChannelGroup], scores: list[torch.Tensor],
                        settings: PruneSettings, data: SearchData) -> tuple[float, list[Curve]]:
     """The per-layer analysis (or the one in data.curves, checked to describe these groups); `scores` rank the
-    channels within each group (importance() of method sensitivity: filter norms)."""
+    channels within each group (importance() of method sensitivity: filter norms). data.sensitivity_score picks the
+    held-out loss (fast) or mAP50 (the slow reference)."""
     if data.curves is not None:
         base, curves = data.curves
         if [c.channels for c in curves] != [g.channels for g in groups]:
             raise ValueError("the sensitivity analysis given was made for another model (its layers and widths "
                              "differ from this one's groups); run prune.py --sensitivity on this model")
         return base, curves
-    data.need("--method sensitivity", "batches", "score")
-    return sensitivity.analyze(model, groups, scores, data.images, data.score, settings.ratios, settings.min_channels,
-                               settings.round_to)
+    args = (settings.ratios, settings.min_channels, settings.round_to)
+    if data.sensitivity_score == "map":
+        data.need("--method sensitivity", "batches", "score")
+        return sensitivity.analyze(model, groups, scores, data.images, data.score, *args)
+    data.need("--method sensitivity", "batches", "held", "loss")
+    calib = data.images[:data.sensitivity_calib or None]
+    return sensitivity.analyze_loss(model, groups, scores, calib, data.held, data.loss(model), *args)
 
 
 def layer_table(before: nn.Module, after: nn.Module) -> list[dict]:
@@ -221,6 +238,8 @@ def _prune(model: nn.Module, settings: PruneSettings, data: SearchData) -> Prune
             return PruneResult(_finish(base), settings, layer_table(model, base), base=base, details=details)
     groups = build_groups(base, settings.skip_shortcut)
     scores = importance(base, groups, settings, data)
+    dead = collapse(scores)
+    details.update(dead.record())
     cost = ChannelCost(base, groups, settings.imgsz) if settings.flops_target else None
     target = 0.0
     if cost is not None:
@@ -228,7 +247,7 @@ def _prune(model: nn.Module, settings: PruneSettings, data: SearchData) -> Prune
         target = settings.flops_target * full
         details["target_GFLOPs"] = target
     if settings.method == "sensitivity":
-        return _by_sensitivity(base, groups, scores, settings, data, cost, target, details)
+        return _live(_by_sensitivity(base, groups, scores, settings, data, cost, target, details), scores)
     if cost is not None:
         if settings.method == "eagleeye":
             data.need("--method eagleeye", "batches", "score")
@@ -238,16 +257,25 @@ def _prune(model: nn.Module, settings: PruneSettings, data: SearchData) -> Prune
             keep = eagleeye.keep_top(scores, cands[best].kept)
             details.update({"candidates": [c.record() for c in cands], "best": best,
                             "adaptive_bn_gain": eagleeye.mean_gain(cands)})
-            return PruneResult(_finish(pruned), settings, layer_table(base, pruned), groups=groups, keep=keep,
-                               base=base, details=details)
+            return _live(PruneResult(_finish(pruned), settings, layer_table(base, pruned), groups=groups, keep=keep,
+                                     base=base, details=details), scores)
         details["percent_used"] = percent = percent_for_flops(scores, cost, target, settings)
+    elif settings.auto:
+        details["percent_used"] = percent = auto_percent(dead, safe_percent(scores))
     else:
         percent = settings.percent
     threshold = global_threshold(scores, percent) if scores else 0.0
     keep, clamped = select_channels(scores, percent, settings.min_channels, settings.round_to)
     pruned = _finish(prune_channels(base, keep, groups))
-    return PruneResult(pruned, settings, layer_table(base, pruned), threshold, safe_percent(scores), groups, keep,
-                       clamped, base, details)
+    return _live(PruneResult(pruned, settings, layer_table(base, pruned), threshold, safe_percent(scores), groups,
+                             keep, clamped, base, details), scores)
+
+
+def _live(result: PruneResult, scores: list[torch.Tensor]) -> PruneResult:
+    """Records the scores and how many of the removed channels had not collapsed (details live_removed)."""
+    result.scores = scores
+    result.details["live_removed"] = live_removed(scores, result.keep, result.details["collapse_threshold"])
+    return result
 
 
 def _by_sensitivity(base: nn.Module, groups: list[ChannelGroup], scores: list[torch.Tensor], settings: PruneSettings,
@@ -264,7 +292,8 @@ def _by_sensitivity(base: nn.Module, groups: list[ChannelGroup], scores: list[to
     pruned = prune_channels(base, keep, groups)
     if data.batches:
         recalibrate_bn(pruned, data.images)
-    details.update({"sensitivity_base": score0, "max_drop_used": max_drop,
+    details.update({"sensitivity_score": curves[0].metric if curves else None, "sensitivity_base": score0,
+                    "max_drop_used": max_drop,
                     "layer_ratios": [{"layer": c.layer, "channels": c.channels, "ratio": r, "kept": len(keep[k])}
                                      for k, (c, r) in enumerate(zip(curves, ratios))]})
     return PruneResult(_finish(pruned), settings, layer_table(base, pruned), groups=groups, keep=keep, base=base,

@@ -64,6 +64,11 @@ def _method_lines(s: dict, b: dict, a: dict) -> list[str]:
         lines.append(f"BN statistics recomputed on {s['calib_batches']} training batches (--adaptive-bn).")
     lines.append(f"Removed {s['group_channels'] - s['group_channels_kept']} of {s['group_channels']} group channels "
                  f"({s['removed_share']:.1%}); BN channels {b['bn_channels']} -> {a['bn_channels']}.")
+    if "collapsed_share" in s:
+        lines.append(f"Collapsed before the cut (score below {s['collapse_threshold']:.3g}, 1% of the 90th "
+                     f"percentile): {s['collapsed_share']:.1%} of the group channels; live channels removed: "
+                     f"{s['live_removed']}" + (" (expect a large drop until fine-tuned)." if s["live_removed"] else
+                                               " (the cut took only collapsed channels)."))
     return lines
 
 
@@ -85,7 +90,8 @@ def decision(s: dict) -> str:
                      f"mAP50 alone (unpruned {s['sensitivity_base']:.3f})")
     else:
         if "percent_used" in s:
-            parts.append(f"percent {s['percent_used']:.4f} for the FLOPs target")
+            why = "--percent auto: the collapsed share" if s.get("auto") else "for the FLOPs target"
+            parts.append(f"percent {s['percent_used']:.4f} ({why})")
         parts.append(f"threshold {s['threshold']:.4g}")
     safe = f" (safe maximum {s['safe_percent']:.3f})" if s["safe_percent"] == s["safe_percent"] else ""
     parts.append(f"{s['removed_share']:.1%} of group channels removed{safe}")

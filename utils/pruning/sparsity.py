@@ -38,15 +38,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.bn_recal import BNRecalibration
 from utils.engine import Hook, TrainState
 from utils.files import atomic_write
 from utils.log import LOGGER, colorstr
-from utils.pruning.graph import build_groups, prunable_bns, safe_prune_percent
-from utils.torch_utils import recalibrate_bn
+from utils.pruning.collapse import collapse
+from utils.pruning.graph import build_groups, prunable_bns
+from utils.pruning.groups import group_scores, safe_percent
 
 PREFIX = colorstr("sparsity: ")
 HIST_BINS = 80
 HISTORY = "bn_gamma.json"  # the per-epoch histogram rows behind bn_gamma.png
+USUAL_CUT = 0.5  # what users usually cut; the end verdict says what to change when far less is free
 
 
 def sr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -98,7 +101,7 @@ class BNSparsity(Hook):
                  shrink: float | None = None, recal_batches: int = 8, gamma_lr: float = 1.0, polarize: float = 0.0,
                  polarize_scope: str = "layer"):
         self.sr, self.schedule, self.skip_shortcut, self.shrink = sr, schedule, skip_shortcut, shrink
-        self.recal_batches, self.gamma_lr, self.polarize = recal_batches, gamma_lr, polarize
+        self.recal, self.gamma_lr, self.polarize = BNRecalibration(recal_batches), gamma_lr, polarize
         self.polarize_scope = polarize_scope
         self.bns: dict[str, nn.BatchNorm2d] = {}
         self.history: list[np.ndarray] = []  # |gamma| histogram counts per epoch
@@ -163,14 +166,7 @@ class BNSparsity(Hook):
                 bn.weight.grad.mul_(self.gamma_lr)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if state.ema is None or self.recal_batches < 1 or state.loader is None:
-            return
-        batches = []
-        for imgs, *_ in state.loader:  # a fresh pass; the next epoch reseeds the loader, so its order is unchanged
-            batches.append(imgs.to(state.device, non_blocking=True).float() / 255)
-            if len(batches) >= self.recal_batches:
-                break
-        recalibrate_bn(state.ema.ema, batches)
+        self.recal.on_epoch_end(state)
 
     def epoch_columns(self, state: TrainState) -> dict[str, float]:
         g = gamma_stats(self._ema_bns(state))
@@ -184,14 +180,34 @@ class BNSparsity(Hook):
     def on_train_end(self, state: TrainState) -> None:
         model = state.ema.ema if state.ema is not None else state.bare
         g = gamma_stats(self._ema_bns(state))
-        safe = safe_prune_percent(model, build_groups(model, self.skip_shortcut))
+        scores = group_scores(model, build_groups(model, self.skip_shortcut))  # as prune.py's slim ranks them
+        safe, dead = safe_percent(scores), collapse(scores)
+        free = min(dead.share, safe)
         plot_gamma_history(np.array(self.history), self.edges, state.save_dir / "bn_gamma.png", self.epochs)
         self.record.update(median_gamma_end=float(np.median(g)), share_below_1e2=float((g < 1e-2).mean()),
-                           share_below_1e3=float((g < 1e-3).mean()), safe_prune_percent=safe)
+                           share_below_1e3=float((g < 1e-3).mean()), safe_prune_percent=safe, **dead.record(),
+                           free_percent=free)
         atomic_write(state.save_dir / "sparsity.json", lambda f: json.dump(self.record, f, indent=2), mode="w")
         LOGGER.info(f"{PREFIX}median |gamma| {self.record['median_gamma_start']:.3g} -> {np.median(g):.3g}, "
-                    f"{(g < 1e-2).mean():.1%} below 1e-2; largest safe prune percent {safe:.3f} "
-                    f"(python prune.py --percent <= {safe:.2f}); bn_gamma.png and sparsity.json written")
+                    f"{(g < 1e-2).mean():.1%} below 1e-2; bn_gamma.png and sparsity.json written")
+        LOGGER.info(f"{PREFIX}verdict: {dead.share:.1%} of the prunable channels have collapsed (|gamma| < "
+                    f"{dead.threshold:.3g}); free to cut: --percent {free:.2f} (python prune.py --percent auto; "
+                    f"largest percent that empties no layer {safe:.3f})")
+        if free < USUAL_CUT / 2:
+            LOGGER.warning(f"{PREFIX}WARNING: a --percent {USUAL_CUT} cut would remove live channels and lose mAP "
+                           f"until fine-tuned. To sparsify more: {self.advice(dead.share)}")
+
+    def advice(self, collapsed: float) -> str:
+        """What to change in the next sparse run, from what this one did."""
+        budget, median = self.record["budget"], self.record["median_gamma_start"]
+        if budget < median:
+            return (f"the penalty could move a gamma by only {budget:.3g} against a median |gamma| of {median:.3g}: "
+                    f"give --shrink {1.5 * median:.2g} (or raise --sr, --epochs, --gamma-lr)")
+        if not self.polarize:
+            return ("the penalty was strong enough but the gammas shrank together instead of splitting: add "
+                    "--polarize 1.2 (and --gamma-lr 10 on small data)")
+        return (f"{collapsed:.1%} collapsed with polarization: train longer (--epochs), raise --shrink, or cut only "
+                "what collapsed (--percent auto)")
 
     def _save_history(self, state: TrainState) -> None:
         """The histogram rows so far, written every epoch so that a resumed run's bn_gamma.png and sparsity.json
