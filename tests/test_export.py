@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort  # a requirement (requirements.txt): a missing one is a failure, not a skip
 import pytest
 import torch
 
@@ -27,7 +28,6 @@ from utils.torch_utils import count_params
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from slim_speed import spread_gammas  # noqa: E402
 
-pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -45,9 +45,27 @@ def n_ckpt(tmp_path_factory) -> Path:
     return _ckpt(m, tmp_path_factory.mktemp("n") / "n.pt")
 
 
+# export.py's own bound (float32 sums reordered by Conv+BN fusion and ONNX Runtime's kernels; boxes in pixels)
+ATOL, RTOL = 1e-3, 1e-4
+
+
 def _torch_out(w: Path, x: np.ndarray) -> np.ndarray:
+    """The reference: PyTorch on the checkpoint, unfused (export fuses, so a fusion error shows too)."""
     with torch.inference_mode():
-        return load_model(w, fuse=True)(torch.from_numpy(x))[0].numpy()
+        return load_model(w)(torch.from_numpy(x))[0].numpy()
+
+
+def _ort_out(f: str | Path, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime run here, not through export.py's check or the repo's OnnxModel wrapper."""
+    s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def _assert_onnx_matches(w: Path, f: str | Path, shape: tuple[int, ...], seed: int = 3) -> None:
+    x = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    ref, y = _torch_out(w, x), _ort_out(f, x)
+    assert y.shape == ref.shape and ref[..., 4].max() > ref[..., 4].min()  # real predictions, not constants
+    np.testing.assert_allclose(y, ref, atol=ATOL, rtol=RTOL)
 
 
 def test_onnx_equals_pytorch_and_carries_metadata(n_ckpt):
@@ -60,9 +78,9 @@ def test_onnx_equals_pytorch_and_carries_metadata(n_ckpt):
     assert read_metadata(f)["precision"] == "fp32"
     x = np.random.default_rng(3).random((1, 3, 192, 256), dtype=np.float32)
     ref = _torch_out(n_ckpt, x)
-    y = m(torch.from_numpy(x))[0].numpy()
-    assert y.shape == ref.shape == (1, 3 * (6 * 8 + 12 * 16 + 24 * 32), 8)
-    np.testing.assert_allclose(y, ref, atol=1e-3, rtol=1e-4)
+    assert ref.shape == (1, 3 * (24 * 32 + 12 * 16 + 6 * 8), 8)
+    np.testing.assert_allclose(_ort_out(f, x), ref, atol=ATOL, rtol=RTOL)
+    np.testing.assert_array_equal(m(torch.from_numpy(x))[0].numpy(), _ort_out(f, x))  # the wrapper adds nothing
     with pytest.raises(UserError, match="--dynamic"):
         m(torch.zeros(1, 3, 256, 256))
 
@@ -73,8 +91,7 @@ def test_dynamic_export_takes_other_sizes_and_batches(n_ckpt, tmp_path):
     m = OnnxModel(f)
     assert m.dynamic and m.imgsz is None
     for shape in ((1, 3, 128, 128), (3, 3, 96, 160)):
-        x = np.random.default_rng(1).random(shape, dtype=np.float32)
-        np.testing.assert_allclose(m.run(x), _torch_out(Path(w), x), atol=1e-3, rtol=1e-4)
+        _assert_onnx_matches(Path(w), f, shape, seed=1)
 
 
 def test_pruned_model_exports_and_matches(n_ckpt, tmp_path):
@@ -82,10 +99,12 @@ def test_pruned_model_exports_and_matches(n_ckpt, tmp_path):
     res.model.names = {0: "a", 1: "b", 2: "c"}
     w = _ckpt(res.model, tmp_path / "pruned.pt")
     rec = export.main(["--weights", str(w), "--imgsz", "160"])[0]
-    assert rec["max_abs_diff"] < 1e-3
+    _assert_onnx_matches(w, rec["onnx"], (1, 3, 160, 160))
     # the unpruned export of its own: run alone (or on another xdist worker) no other test has written one
     full_rec = export.main(["--weights", str(shutil.copy(n_ckpt, tmp_path / "full.pt")), "--imgsz", "160"])[0]
     full, pruned = OnnxModel(full_rec["onnx"]), OnnxModel(rec["onnx"])
+    # half the channels of most convs: their weights (c_in x c_out) shrink to about a quarter; only the stem's input
+    # and Detect's outputs are fixed, so far less than 0.7 is left (this model: 0.27)
     assert pruned.params == count_params(res.model) < 0.7 * full.params
     assert Path(rec["onnx"]).stat().st_size < 0.7 * Path(full_rec["onnx"]).stat().st_size
 
@@ -114,6 +133,7 @@ def test_int8_on_a_trained_model_within_3_map_points(tmp_path, shapes_yaml):
     rec = export.main(["--weights", str(w), "--imgsz", "320", "--int8", "--data", str(shapes_yaml),
                        "--calib-images", "32"])[0]
     f32, f8 = Path(rec["onnx"]), Path(rec["int8"])
+    # int8 weights take a quarter of fp32's bytes, plus scales and the float decode: README measures 2.21 / 7.13 MB
     assert f8.name == "shapes-int8.onnx" and f8.stat().st_size < 0.4 * f32.stat().st_size
     meta = read_metadata(f8)
     assert meta["precision"] == "int8" and meta["calibration_images"] == 32 and meta["params"] == OnnxModel(f32).params
@@ -122,6 +142,7 @@ def test_int8_on_a_trained_model_within_3_map_points(tmp_path, shapes_yaml):
     pt, fp32, int8 = records
     assert pt["mAP50"] == pytest.approx(0.711, abs=0.01)  # upstream's val.py figure for this file (rect batches)
     assert fp32["mAP50"] == pytest.approx(pt["mAP50"], abs=0.02)  # square letterbox instead of rect batches
+    # README measures 0.6 points for this file (640 px, 100 calibration images); 3 allow for 320 px and 32 images
     assert abs(int8["mAP50"] - fp32["mAP50"]) <= 0.03
     assert fp32["params"] == pt["params"] and fp32["GFLOPs"] == pytest.approx(pt["GFLOPs"], rel=1e-3)
     assert all(r["b1_ms"] > 0 for r in records) and int8["file_MB"] < fp32["file_MB"]
@@ -191,4 +212,5 @@ def test_onnx_without_yolo_metadata_is_refused(tmp_path):
 def test_coco_fixture_exports_within_tolerance(tmp_path):
     w = Path(shutil.copy(shared_path("fixtures", "yolov5n-coco.pt"), tmp_path / "c.pt"))
     rec = export.main(["--weights", str(w), "--imgsz", "320"])[0]
-    assert rec["max_abs_diff"] < 0.01 and OnnxModel(rec["onnx"]).names[0] == "person"
+    assert OnnxModel(rec["onnx"]).names[0] == "person"
+    _assert_onnx_matches(w, rec["onnx"], (1, 3, 320, 320))

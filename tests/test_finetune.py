@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import finetune
 import train
 from conftest import assert_one_line_error, make_dataset, run_script
-from test_train import read_csv, tiny_args
+from test_train import odd_anchors, read_csv, set_odd_anchors, tiny_args
 from utils.distill import distill_loss
 from models.yolo import DetectionModel
 from utils.checkpoint import load_model, save_checkpoint
 from utils.files import yaml_load
 from utils.torch_utils import count_params
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 2 torch threads on 2 busy cores ran training 10x slower
+
 
 def test_finetune_keeps_architecture_and_anchors(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
-    args = tiny_args(tmp_path, data, "--noplots", epochs=1)
     cfg = yaml_load(train.ROOT / "models/yolov5n.yaml")
     cfg["width_multiple"] = 0.125  # an architecture no standard yaml has: only the checkpoint's yaml rebuilds it
-    (tmp_path / "odd.yaml").write_text(yaml.safe_dump(cfg))
-    args[args.index("--cfg"):args.index("--cfg") + 2] = ["--cfg", str(tmp_path / "odd.yaml"), "--name", "base"]
-    base = train.run(train.parse_opt(args))
-    src = load_model(base["last"])
+    base = tmp_path / "base.pt"
+    src = set_odd_anchors(DetectionModel(cfg, nc=2))  # anchors its yaml does not have: kept, not rebuilt
+    save_checkpoint({"model": copy.deepcopy(src).half(), "ema": None, "epoch": -1, "opt": {}}, base)
     ft_args = [a for a in tiny_args(tmp_path, data, "--noplots", epochs=1) if a not in ("--cfg", "yolov5n.yaml")]
-    rec = finetune.main(["--weights", base["last"], *ft_args, "--name", "ft"])
+    rec = finetune.main(["--weights", str(base), *ft_args, "--name", "ft"])
     out = load_model(rec["last"])
     assert count_params(out) == count_params(src) < 1_000_000
-    assert torch.equal(out.model[-1].anchors, src.model[-1].anchors)
+    assert odd_anchors(out)
     assert yaml_load(Path(rec["weights"]).parents[1] / "hyp.yaml")["lr0"] == 0.002
 
 
@@ -71,13 +71,40 @@ def test_distill_loss_weighs_each_term_by_its_gain():
         assert plain.item() - rest.item() > 1e-3  # the moved outputs do show up in their own term
 
 
-def test_finetune_with_teacher_logs_kd_loss(tmp_path):
+def _output_distance(a: DetectionModel, b: DetectionModel, x: torch.Tensor) -> float:
+    """Mean squared difference of the sigmoid outputs: an independent measure, not distill_loss."""
+    with torch.no_grad():
+        return sum(((p.sigmoid() - q.sigmoid()) ** 2).mean() for p, q in zip(a(x)[1], b(x)[1])).item()
+
+
+def test_finetune_with_teacher_distils(tmp_path):
+    """--teacher's loss reaches the weights: with a teacher whose objectness and class logits sit 3 above the
+    student's, kd_loss is logged positive and the student ends far closer to the teacher than the same seeded run
+    without one (0.0039 against 0.0002 measured), which rules out a term that is logged but never back-propagated."""
     data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
-    base = train.run(train.parse_opt(tiny_args(tmp_path, data, "--noplots", "--name", "base", epochs=1)))
-    args = [a for a in tiny_args(tmp_path, data, "--noplots", epochs=1) if a not in ("--cfg", "yolov5n.yaml")]
-    rec = finetune.main(["--weights", base["last"], "--teacher", base["last"], *args, "--name", "kd"])
-    rows = read_csv(Path(rec["weights"]).parents[1] / "results.csv")
-    assert 0 <= float(rows[0]["train/kd_loss"]) < 0.5  # the student starts as the teacher, then drifts slightly
+    torch.manual_seed(0)
+    student = DetectionModel("yolov5n.yaml", nc=2)
+    teacher = copy.deepcopy(student)
+    d = teacher.model[-1]
+    with torch.no_grad():
+        for conv in d.m:
+            conv.bias.view(d.na, d.no)[:, 4:] += 3.0
+    files = {"student": tmp_path / "student.pt", "teacher": tmp_path / "teacher.pt"}
+    for name, m in (("student", student), ("teacher", teacher)):
+        save_checkpoint({"model": m.half(), "ema": None, "epoch": -1, "opt": {}}, files[name])
+    args = ["--weights", str(files["student"]),
+            *[a for a in tiny_args(tmp_path, data, "--noplots", epochs=1) if a not in ("--cfg", "yolov5n.yaml")]]
+    # at imgsz 64 the detection loss's gains (which the soft targets carry) are small: --kd 10 shows them in 2 steps
+    kd = finetune.main([*args, "--teacher", str(files["teacher"]), "--kd", "10", "--name", "kd"])
+    plain = finetune.main([*args, "--name", "plain"])
+    rows = read_csv(Path(kd["weights"]).parents[1] / "results.csv")
+    assert all(float(r["train/kd_loss"]) > 0.01 for r in rows)  # 0.033 measured
+    assert "train/kd_loss" not in read_csv(Path(plain["weights"]).parents[1] / "results.csv")[0]
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    t = load_model(files["teacher"])
+    start, with_kd, without = (_output_distance(load_model(f), t, x) for f in (files["student"], kd["last"],
+                                                                               plain["last"]))
+    assert start - with_kd > 5 * abs(start - without)
 
 
 def test_teacher_with_other_classes_is_one_clear_line(tmp_path):

@@ -1,8 +1,10 @@
 """Interrupted runs and reproducibility: Ctrl-C and SIGKILL during training and during prune.py leave the previous
-outputs whole (and resumable), and the same seed gives the same pruning."""
+outputs whole (and resumable), a resumed run draws the batches and reaches the weights of an uninterrupted one, and the
+same seed gives the same pruning."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from models.yolo import DetectionModel
 from test_prune import _save, _spread_gammas
 from test_train import _wait_for, hyp_file, read_csv, tiny_args
 from utils.checkpoint import load_checkpoint, load_model
+from utils.engine import Hook
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,6 +51,70 @@ def test_ctrl_c_during_training_keeps_last_pt_and_resume_finishes(tmp_path):
     rec = train.run(train.parse_opt(["--resume", str(weights / "last.pt"), "--workers", "0"]))
     assert [int(r["epoch"]) for r in read_csv(tmp_path / "runs/exp/results.csv")] == [0, 1, 2, 3]
     assert rec["epochs"] == 3 - ckpt["epoch"] and load_checkpoint(weights / "last.pt")["epoch"] == -1
+
+
+class BatchLog(Hook):
+    """Records every training batch (its files and a digest of its augmented pixels) per epoch through the loader's
+    collate_fn, since hooks see the images but not their paths; keeps the weights after each epoch. `fp16_after`: at
+    the end of that epoch, round the model and EMA to fp16 as a checkpoint stores them. `stop_in`: raise
+    KeyboardInterrupt (what Ctrl-C raises) after that epoch's first optimizer step."""
+
+    def __init__(self, fp16_after: int = -1, stop_in: int = -1):
+        self.fp16_after, self.stop_in = fp16_after, stop_in
+        self.batches: dict[int, list] = {}
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, state):
+        collate = state.loader.collate_fn
+
+        def record(batch):
+            imgs, targets, paths, shapes = collate(batch)
+            digest = hashlib.sha1(imgs.numpy().tobytes()).hexdigest()
+            self.batches.setdefault(state.epoch, []).append((paths, digest))
+            return imgs, targets, paths, shapes
+
+        state.loader.collate_fn = record  # read by the next iter(loader), i.e. the first epoch's
+
+    def after_step(self, state):
+        if state.epoch == self.stop_in:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, state):
+        if state.epoch == self.fp16_after:
+            with torch.no_grad():
+                for m in (state.bare, state.ema.ema):
+                    for t in (*m.parameters(), *m.buffers()):
+                        if t.is_floating_point():
+                            t.copy_(t.half())  # in place: the loss holds the anchors buffer itself
+        self.weights = {k: v.clone() for k, v in state.bare.state_dict().items()}
+
+
+def test_resumed_run_draws_the_same_batches_and_ends_with_the_same_weights(tmp_path):
+    """Stopped partway through epoch 1 and resumed from the epoch-0 last.pt, a run sees the batches an uninterrupted
+    run with the same seed sees (files and augmented pixels, mosaics included) and ends with the same weights, bit for
+    bit. Not bit-exact with a plain uninterrupted run: last.pt holds the model and EMA in fp16, so the resumed run
+    starts from rounded weights; the reference therefore rounds its own to fp16 where that checkpoint is written, and
+    every other difference (optimizer state, schedule, EMA updates, data order and augmentation) shows up."""
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=4)), "--noplots", "--noval", epochs=3)
+    ref, cut, resumed = BatchLog(fp16_after=0), BatchLog(stop_in=1), BatchLog()
+    train.run(train.parse_opt([*args, "--name", "ref"]), [ref])
+    with pytest.raises(KeyboardInterrupt):
+        train.run(train.parse_opt([*args, "--name", "cut"]), [cut])
+    last = tmp_path / "runs/cut/weights/last.pt"
+    assert load_checkpoint(last)["epoch"] == 0
+    train.run(train.parse_opt(["--resume", str(last), "--workers", "0"]), [resumed])
+
+    assert sorted(ref.batches) == [0, 1, 2] and all(len(b) == 2 for b in ref.batches.values())
+    assert len({p for b in ref.batches.values() for x in b for p in x[0]}) == 8
+    assert ref.batches[1] != ref.batches[2]  # shuffled and augmented anew each epoch, so equality below means something
+    assert cut.batches[0] == ref.batches[0] and cut.batches[1] == ref.batches[1][:1]
+    assert sorted(resumed.batches) == [1, 2]
+    assert resumed.batches[1] == ref.batches[1] and resumed.batches[2] == ref.batches[2]
+    assert ref.weights.keys() == resumed.weights.keys()
+    assert [k for k in ref.weights if not torch.equal(ref.weights[k], resumed.weights[k])] == []
+    a, b = (load_model(tmp_path / f"runs/{n}/weights/last.pt").state_dict() for n in ("ref", "cut"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # the final EMA, as saved
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,11 @@
-"""prune.py and the pruning pipeline: the written yaml rebuilds the saved model, the pruned model equals the soft-pruned
-original, percent 0 changes nothing, no layer is emptied, bad percents are one line, and every kind of checkpoint
-prunes (ghost, upstream's, already pruned, finetuned)."""
+"""prune.py and the pruning pipeline: the written yaml rebuilds the saved model (anchors included), the pruned model
+equals the soft-pruned original and, where folding is exact, the original with the removed channels' gammas set to 0
+(an oracle that shares no code with the fold), percent 0 changes nothing, no layer is emptied, bad percents are one
+line, and every kind of checkpoint prunes (ghost, upstream's, already pruned, finetuned)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -19,11 +21,12 @@ import prune
 import train
 from conftest import FIXTURES, ROOT, assert_one_line_error, make_dataset, run_script, shared_path
 from models.yolo import DetectionModel
-from test_train import tiny_args
+from test_train import ODD_ANCHORS, odd_anchors, set_odd_anchors, tiny_args
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
 from utils.files import yaml_load
+from utils.pruning.graph import build_groups
 from utils.pruning.pruner import PruneSettings, prune_model
-from utils.pruning.surgery import soft_prune
+from utils.pruning.surgery import prune_channels, soft_prune
 from utils.torch_utils import count_params
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -65,6 +68,58 @@ def test_pruned_model_equals_soft_pruned_original(n_model, percent):
     assert count_params(res.model) < count_params(n_model)
 
 
+# BN -> channels to remove, chosen by hand where every consumer is a 1x1 conv: there a removed channel's constant
+# act(beta) reaches every output pixel, so folding it is exact (a 3x3 consumer's zero padding is not: surgery.py)
+BY_HAND = {
+    "model.2.cv1.bn": [1, 5], "model.2.m.0.cv2.bn": [1, 5],  # tied by the bottleneck's residual add
+    "model.2.cv2.bn": [0, 7],  # into C3's cv3 at concat offset 16
+    "model.9.cv1.bn": [3, 64, 127],  # SPPF: through three max-pools into a 4-way concat
+    "model.10.bn": [2, 100],  # upsampled into layer 12's concat, and into layer 22's at offset 128
+    "model.13.m.0.cv2.bn": [9],  # a bottleneck without shortcut, into cv3
+    "model.23.cv3.bn": [0, 200],  # into Detect's conv, which has a bias and no BN
+}
+
+
+def _every_output(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's output, then Detect's raw per-level outputs: the head alone hides much of a random model's
+    inner signal (a removed channel in layer 2 moves its own layer by 0.07 and the outputs by 2e-5 here)."""
+    outs = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: outs.append(out)) for m in model.model[:-1]]
+    try:
+        raw = _raw(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [*outs, *raw]
+
+
+def test_pruned_model_equals_the_original_with_those_gammas_zeroed(n_model):
+    """The oracle shares no code with the fold: the unpruned model with the removed channels' gamma set to 0 outputs
+    exactly what their constant act(beta) contributes, which the pruned model must reproduce through its folds."""
+    groups = build_groups(n_model)
+    keep = {}
+    for k, g in enumerate(groups):
+        if set(g.bns) & set(BY_HAND):
+            assert set(g.bns) <= set(BY_HAND) and all(m.offset == 0 for m in g.members)
+            keep[k] = [c for c in range(g.channels) if c not in BY_HAND[g.bns[0]]]
+    pruned = prune_channels(n_model, keep, groups)
+    oracle = copy.deepcopy(n_model)
+    with torch.no_grad():
+        for name, channels in BY_HAND.items():
+            oracle.get_submodule(name).weight[channels] = 0
+            assert pruned.get_submodule(name).num_features == n_model.get_submodule(name).num_features - len(channels)
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(3))
+    out, ref, unpruned = (_every_output(m, x) for m in (pruned, oracle, n_model))
+    compared = 0
+    for i, (a, b) in enumerate(zip(out, ref)):
+        if a.shape == b.shape:  # layers 10-12, 22 and 23 output fewer channels
+            assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), i  # float32 rounding: ~5e-7 measured
+            compared += 1
+    assert compared == len(ref) - 5
+    for i in (2, 9, 13, len(ref) - 1):  # layers that read removed channels, and the P5 output: the gammas mattered
+        assert (unpruned[i] - ref[i]).abs().max() > 1e-4, i
+
+
 def test_percent_zero_changes_nothing(n_model):
     res = prune_model(n_model, PruneSettings(percent=0.0))
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
@@ -91,17 +146,18 @@ def test_round_to_multiples(n_model):
 
 
 def test_cli_writes_a_yaml_that_rebuilds_the_checkpoint(tmp_path, n_model):
-    w = _save(n_model, tmp_path / "n.pt")
+    w = _save(set_odd_anchors(copy.deepcopy(n_model)), tmp_path / "n.pt")  # the checkpoint's anchors, not the yaml's
     rec = prune.main(["--weights", str(w), "--percent", "0.4", "--imgsz", "128", "--project", str(tmp_path / "p")])
     out = Path(rec["save_dir"])
     assert {p.name for p in out.iterdir()} >= {"pruned.pt", "pruned.yaml", "report.md", "report.json", "channels.png"}
+    assert yaml_load(out / "pruned.yaml")["anchors"] == ODD_ANCHORS
     rebuilt = DetectionModel(str(out / "pruned.yaml"))
     saved = load_model(out / "pruned.pt")
+    assert odd_anchors(rebuilt) and odd_anchors(saved)  # before load_state_dict copies the buffer over
     assert count_params(rebuilt) == count_params(saved) == rec["after"]["params"] < rec["before"]["params"]
     rebuilt.load_state_dict(saved.state_dict(), strict=True)
     x = torch.rand(1, 3, 64, 96)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_raw(rebuilt, x), _raw(saved, x)))
-    assert torch.equal(rebuilt.model[-1].anchors, saved.model[-1].anchors)
     report = json.loads((out / "report.json").read_text())
     assert report["after"]["params"] == count_params(saved)
     assert [x["kept"] for x in report["layers"]] == [m.num_features for m in saved.modules()

@@ -6,6 +6,7 @@ import copy
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,15 +14,35 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 import yaml
 
 import train
 from conftest import ROOT, assert_one_line_error, make_dataset, run_script
-from utils.checkpoint import load_checkpoint, load_model
+from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
 from utils.engine import Hook
 from utils.files import yaml_load
 
 NO_AUG = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0, "mosaic": 0.0}
+
+
+# Not the yaml's default anchors, so a model rebuilt from its yaml cannot pass for one that kept them; whole pixels
+# over power-of-2 strides, so fp16 checkpoints and 4-decimal yamls hold them exactly
+ODD_ANCHORS = [[7, 9, 12, 21, 25, 17], [28, 55, 60, 44, 57, 107], [101, 83, 150, 180, 380, 300]]
+
+
+def set_odd_anchors(model: nn.Module) -> nn.Module:
+    d = model.model[-1]
+    with torch.no_grad():
+        d.anchors[:] = torch.tensor(ODD_ANCHORS, dtype=d.anchors.dtype).view(d.nl, -1, 2) / d.stride.view(-1, 1, 1)
+    return model
+
+
+def odd_anchors(model: nn.Module) -> bool:
+    """Whether the model's anchors (in stride units) are ODD_ANCHORS (in pixels)."""
+    d = model.model[-1]
+    return torch.equal((d.anchors.float() * d.stride.view(-1, 1, 1)).reshape(d.nl, -1),
+                       torch.tensor(ODD_ANCHORS, dtype=torch.float))
 
 
 def hyp_file(tmp_path: Path, **changes) -> Path:
@@ -152,6 +173,7 @@ def test_sigkill_then_resume_finishes_the_planned_epochs(tmp_path):
             seen["epoch"], seen["updates"] = state.epoch, state.ema.updates
             seen["opt"] = copy.deepcopy(state.optimizer.state_dict())  # live tensors: training goes on
             seen["ema"] = {k: v.clone() for k, v in state.ema.ema.state_dict().items()}
+            seen["model"] = {k: v.clone() for k, v in state.bare.state_dict().items()}
 
     rec = train.run(train.parse_opt(["--resume", str(last), "--workers", "0"]), [Probe()])
     assert seen["epoch"] == ckpt["epoch"] + 1 and seen["updates"] == ckpt["updates"]
@@ -162,6 +184,9 @@ def test_sigkill_then_resume_finishes_the_planned_epochs(tmp_path):
     assert [g["lr"] for g in seen["opt"]["param_groups"]] == [g["lr"] for g in ckpt["optimizer"]["param_groups"]]
     ema_saved = ckpt["ema"].float().state_dict()
     assert all(torch.equal(seen["ema"][k], ema_saved[k]) for k in ema_saved)
+    model_saved = ckpt["model"].float().state_dict()  # the weights themselves, not the EMA's
+    assert seen["model"].keys() == model_saved.keys()
+    assert all(torch.equal(seen["model"][k], model_saved[k]) for k in model_saved)
     assert [int(r["epoch"]) for r in read_csv(tmp_path / "runs/exp/results.csv")] == [0, 1, 2]
     assert rec["epochs"] == 3 - (ckpt["epoch"] + 1)
     r = run_script("train.py", "--resume", str(last))
@@ -185,14 +210,16 @@ def test_same_seed_same_results(tmp_path, tiny):
 
 def test_transfer_from_weights_keeps_anchors_and_reports(tmp_path, tiny, log_lines):
     save_dir, _, _, data = tiny
-    best = save_dir / "weights/best.pt"
-    ckpt_anchors = load_model(best).model[-1].anchors.clone()
+    ckpt = load_checkpoint(save_dir / "weights/best.pt")
+    set_odd_anchors(ckpt["model"])  # the yaml's own anchors would pass for kept ones
+    best = tmp_path / "best.pt"
+    save_checkpoint(ckpt, best)
     args = tiny_args(tmp_path, data, "--noplots", epochs=1)
     args[args.index("--cfg"):args.index("--cfg") + 2] = ["--weights", str(best)]
     rec = train.run(train.parse_opt(args))
     n = len(load_model(best).state_dict())
     assert f"Transferred {n}/{n} items from {best}" in log_lines
-    assert torch.equal(load_model(rec["last"]).model[-1].anchors, ckpt_anchors)
+    assert odd_anchors(load_model(rec["last"]))
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
@@ -212,19 +239,82 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert not list(tmp_path.glob("runs/*/weights/*.pt"))
 
 
-def test_ddp_two_processes_on_cpu(tmp_path):
-    """torchrun with 2 gloo processes: one epoch trains, only rank 0 evaluates and writes."""
-    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
-    args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=8)), "--noplots", epochs=1)
-    r = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", "train.py",
-                   *args, timeout=600)
+DUMP_WEIGHTS = """
+import os, sys
+import torch
+sys.path.insert(0, {root!r})
+import train
+from utils.engine import Hook
+
+
+class DumpWeights(Hook):
+    \"\"\"Each rank writes its parameters: on_epoch_end runs on every rank (on_train_end on rank 0 only).\"\"\"
+
+    def save(self, state, tag):
+        params = {{k: v.detach().clone() for k, v in state.bare.named_parameters()}}
+        torch.save(params, os.path.join({out!r}, tag + os.environ["RANK"] + ".pt"))
+
+    def on_train_start(self, state):
+        self.save(state, "start")
+
+    def on_epoch_end(self, state):
+        self.save(state, "rank")
+
+
+train.run(train.parse_opt(sys.argv[1:]), [DumpWeights()])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # a fixed port collides with another suite running on the same machine
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun_with_dump(tmp_path: Path, name: str, nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    """train.run under torchrun through a script whose hook writes every rank's weights to tmp_path/name."""
+    (tmp_path / name).mkdir()
+    script = tmp_path / f"{name}.py"
+    script.write_text(DUMP_WEIGHTS.format(root=str(ROOT), out=str(tmp_path / name)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun sets it only for nproc > 1: the same conv maths in both
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                        "--master_port", str(_free_port()), str(script), *args, "--name", name],  # the last wins
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    save_dir = tmp_path / "runs/exp"
+    return r
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """torchrun with 2 gloo processes: one epoch trains, only rank 0 evaluates and writes, and the gradients are
+    all-reduced: both ranks end with the same weights, and with those of one process that accumulates the same two
+    images per optimizer step (torchrun --nproc_per_node 1: DDP over one rank is plain single-process maths).
+
+    Equality is exact by construction: one image per rank and per step, so BN normalises each image by itself in both
+    runs (DDP without SyncBN keeps batch statistics per rank); no augmentation, so an image is the same tensor in both;
+    both use the DistributedSampler's permutation for the seed, so step k sees images 2k and 2k+1 in both; no warmup,
+    whose schedule counts batches; and the all-reduced gradient (2 g_a + 2 g_b) / 2 is the accumulated g_a + g_b to
+    the bit (scaling by 2 is exact). BN running statistics are per rank, so only parameters are compared."""
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    hyp = hyp_file(tmp_path, nbs=2, warmup_epochs=0, **NO_AUG)
+    args = tiny_args(tmp_path, data, "--hyp", str(hyp), "--noplots", "--noautoanchor", epochs=1)
+    args[args.index("--batch-size") + 1] = "2"  # 1 image per rank, accumulate 1 (nbs 2)
+    r = _torchrun_with_dump(tmp_path, "ddp", 2, args)
+    save_dir = tmp_path / "runs/ddp"
     assert [int(x["epoch"]) for x in read_csv(save_dir / "results.csv")] == [0]
     assert "DDP: 2 processes, gloo backend" in r.stdout
     assert r.stdout.count("Results saved to") == 1  # rank 0 alone reports
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp"]  # no exp2 from a second rank
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]  # no ddp2 from a second rank
     assert load_checkpoint(save_dir / "weights/last.pt")["epoch"] == -1
+
+    args[args.index("--batch-size") + 1] = "1"  # 1 image per batch, accumulate 2 (nbs 2): the same 2 per step
+    _torchrun_with_dump(tmp_path, "one", 1, args)
+    w0, w1, start, ref = (torch.load(tmp_path / f, weights_only=True)
+                          for f in ("ddp/rank0.pt", "ddp/rank1.pt", "ddp/start0.pt", "one/rank0.pt"))
+    assert w0.keys() == w1.keys() == ref.keys()
+    assert [k for k in w0 if not torch.equal(w0[k], w1[k])] == []  # the ranks stepped together
+    assert [k for k in w0 if not torch.equal(w0[k], ref[k])] == []  # ... with the whole batch's gradient
+    assert sum(not torch.equal(w0[k], start[k]) for k in w0) > 0.9 * len(w0)  # and training moved the weights
 
 
 def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path, tiny):

@@ -23,6 +23,8 @@ def _val(tmp_path, *args):
 
 
 def _assert_close(rec, expected, tol=0.005):
+    """Within half a point of upstream's figures (printed to 3 decimals). Measured on shapes: P, R and mAP50-95 within
+    0.0015, mAP50 0.708 against 0.711."""
     for k, v in expected.items():
         assert rec[k] == pytest.approx(v, abs=tol), (k, rec[k], v)
 
@@ -33,8 +35,11 @@ def test_reproduces_upstream_on_shapes(tmp_path, shapes_yaml):
                   "--save-json")
     _assert_close(rec, UPSTREAM_SHAPES_320)
     assert rec["images"] == 100 and rec["instances"] == 449
-    assert rec["params"] == 1_772_035 and rec["GFLOPs"] == pytest.approx(4.24 / 4, abs=0.01)  # at 320, not 640
-    # pycocotools on the same detections, ground truth written from the YOLO labels
+    # GFLOPs at 320, not 640: yolov5n's 4.56 at 640 (DESIGN: about 4.6) less Detect's 74 missing classes
+    # (222 outputs x (64*80^2 + 128*40^2 + 256*20^2) MACs x 2 = 0.32), a quarter of the pixels at 320
+    assert rec["params"] == 1_772_035 and rec["GFLOPs"] == pytest.approx(4.24 / 4, abs=0.01)
+    # pycocotools on the same detections, ground truth written from the YOLO labels: COCO's 101-point interpolation
+    # against YOLOv5's continuous curve differ slightly (measured 0.001 here; 0.01 leaves a tenfold margin)
     assert rec["coco_mAP50-95"] == pytest.approx(rec["mAP50-95"], abs=0.01)
     assert rec["coco_mAP50"] == pytest.approx(rec["mAP50"], abs=0.01)
     out = tmp_path / "runs" / "exp"
@@ -140,9 +145,9 @@ def test_evaluation_does_not_depend_on_how_busy_the_machine_is(tmp_path, monkeyp
     busy = val.evaluate(model, loader, {0: "a", 1: "b"}, conf_thres=0.0)
     assert boxes[0] == boxes[1] >= 6  # every image kept its boxes
     assert (calm.mp, calm.mr, calm.map50, calm.map) == (busy.mp, busy.mr, busy.map50, busy.map)
-    with pytest.raises(AssertionError):  # the clock does trip the limit where one applies
-        out = nms(torch.rand(6, 50, 7), 0.0)
-        assert all(len(x) for x in out)
+    # where a limit applies (detect.py's default) the same clock trips it after the first image: the rest stay empty
+    out = nms(torch.rand(6, 50, 7, generator=torch.Generator().manual_seed(0)), 0.0)
+    assert [len(x) > 0 for x in out] == [True] + [False] * 5
 
 
 def test_half_evaluation_of_fp32_weights_autocasts(shapes_yaml):
@@ -160,4 +165,4 @@ def test_half_evaluation_of_fp32_weights_autocasts(shapes_yaml):
     fp32 = val.evaluate(model, loader, data["names"])
     half = val.evaluate(model, loader, data["names"], half=True)
     assert next(model.parameters()).dtype == torch.float32
-    assert half.map50 == pytest.approx(fp32.map50, abs=0.01) and fp32.map50 > 0.6
+    assert half.map50 == pytest.approx(fp32.map50, abs=0.01) and fp32.map50 > 0.6  # upstream's figure: 0.711
