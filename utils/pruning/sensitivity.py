@@ -38,8 +38,9 @@ METRICS = {"mAP50": "mAP50 on held-out training images",
            "loss": "YOLOv5 loss per image on held-out training images (lower is better)"}
 DROPS = {"mAP50": "mAP50 lost", "loss": "relative increase of the held-out loss"}  # what a curve's drop means
 EXAMPLE_DROP = {"mAP50": 0.02, "loss": 0.05}  # a --max-drop to suggest
-# The loss analysis's data (prune.py's search_data): the loss is smooth where mAP50 moves in steps, so fewer images
-# rank the layers alike (benchmarks/sensitivity_rank.py measures it); the cost is (calibration + held-out) forwards.
+# The loss analysis's data (prune.py's search_data), each image a forward per evaluation. On yolov5n/shapes at 320 (50
+# layers x 3 ratios), 1, 2 or 8 calibration batches of 16 and 16 to 80 held-out images ranked the layers alike
+# (Spearman >= 0.98 with the largest of them, 0.90-0.92 against mAP50); these keep a margin.
 HELD_IMAGES = 64
 CALIB_BATCHES = 2
 
