@@ -3,6 +3,7 @@
     python detect.py --weights yolov5n.pt --source path/to/images
     python detect.py --weights best.pt --source 'data/*.jpg' --save-txt --save-conf
     python detect.py --weights best-int8.onnx --source path/to/images    # an export.py file, ONNX Runtime on CPU
+    python detect.py --weights best_openvino_model --source path/to/images    # an export.py IR folder, OpenVINO
 
 Writes runs/detect/exp/: annotated images, labels/*.txt with --save-txt, and detections.json.
 """
@@ -26,7 +27,7 @@ from utils.files import atomic_write, increment_path
 from utils.labels import label_lines
 from utils.log import LOGGER, colorstr
 from utils.nms import non_max_suppression
-from utils.onnx_backend import OnnxModel, is_onnx
+from utils.backends import is_exported, load_exported
 from utils.torch_utils import model_info, select_device, time_sync
 
 ROOT = Path(__file__).resolve().parent
@@ -38,8 +39,8 @@ def run(opt: argparse.Namespace) -> dict:
         raise UserError("--conf-thres and --iou-thres must be between 0 and 1")
     device = select_device(opt.device)
     half, fixed = opt.half and device.type != "cpu", None
-    if is_onnx(opt.weights):
-        model, half = OnnxModel(opt.weights), False
+    if is_exported(opt.weights):
+        model, half = load_exported(opt.weights), False
         fixed = model.imgsz  # a fixed-shape export takes exactly its own size
         if fixed and opt.imgsz != max(fixed):
             LOGGER.info(f"{opt.weights} was exported for {fixed[0]}x{fixed[1]} input: using that size")

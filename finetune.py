@@ -6,12 +6,12 @@
 
 The model is rebuilt from the yaml stored in the checkpoint (a pruned model's own widths), so there is no --cfg;
 its anchors are kept (pass --autoanchor to recompute them). With --bn-floor 0.05, conv channels whose BN running
-variance is below 0.05 are first rescaled to it without changing the outputs (utils/bn_floor.py): a sparse-trained
-model has many, and they make the first fine-tuning epochs lose much of what the model knew. A pruned checkpoint's
-BN statistics lag behind its new widths, so by default its EMA model's statistics are recomputed on 8 training
-batches after every epoch, before validation (--bn-recal N; 0 turns it off). With --teacher,
-the unpruned model's outputs are soft targets (utils/distill.py) and results.csv gains train/kd_loss. A checkpoint
-from `prune.py --method unstructured` keeps its zero weights: they are re-applied after every optimizer step.
+variance is below 0.05 are first rescaled to it without changing the outputs (utils/hooks/bn_floor.py): a
+sparse-trained model has many, and they make the first fine-tuning epochs lose much of what the model knew. A pruned
+checkpoint's BN statistics lag behind its new widths, so by default its EMA model's statistics are recomputed on 8
+training batches after every epoch, before validation (--bn-recal N; 0 turns it off). With --teacher, the unpruned
+model's outputs are soft targets (utils/hooks/distill.py) and results.csv gains train/kd_loss. A checkpoint from
+`prune.py --method unstructured` keeps its zero weights: they are re-applied after every optimizer step.
 Outputs go to runs/finetune/exp.
 """
 
@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import argparse
 
-import train
-from utils.bn_floor import BNVarianceFloor
-from utils.bn_recal import BNRecalibration
+from utils import trainer
 from utils.checkpoint import load_checkpoint
-from utils.distill import add_teacher_args, teacher_hooks
+from utils.data import ROOT
 from utils.engine import Hook
 from utils.errors import UserError, cli
+from utils.hooks import BNRecalibration, BNVarianceFloor, Distillation, KeepZeros, hooks_from_opt
+from utils.hooks.distill import add_teacher_args
 from utils.log import LOGGER
-from utils.pruning.unstructured import KeepZeros
+from utils.train_options import build_parser, finalize_opt
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    p = train.build_parser(__doc__)
+    p = build_parser(__doc__)
     add_teacher_args(p, "the unpruned model")
     p.add_argument("--bn-floor", type=float, default=0.0,
                    help="before the first step, rescale conv channels whose BN running variance is below this (0.05 "
@@ -39,8 +39,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-recal", type=int, default=None,
                    help="recompute the EMA model's BN statistics on this many training batches after every epoch, "
                         "before validation (default: 8 for a pruned checkpoint, whose statistics lag, else 0)")
-    p.set_defaults(project=str(train.ROOT / "runs/finetune"), hyp=str(train.ROOT / "data/hyps/hyp.finetune.yaml"))
-    opt = train.finalize_opt(p.parse_args(argv))
+    p.set_defaults(project=str(ROOT / "runs/finetune"), hyp=str(ROOT / "data/hyps/hyp.finetune.yaml"))
+    opt = finalize_opt(p.parse_args(argv))
     if not opt.resume and not opt.weights:
         raise UserError("finetune.py needs --weights (the trained or pruned checkpoint to fine-tune)")
     if opt.bn_floor < 0 or (opt.bn_recal or 0) < 0:
@@ -59,19 +59,13 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 def hooks(opt: argparse.Namespace) -> list[Hook]:
     """--teacher's distillation, --bn-floor and an unstructured checkpoint's zeros, from the resolved options (a
     resumed run's saved ones)."""
-    out = teacher_hooks(opt)
-    if getattr(opt, "bn_floor", 0) > 0:
-        out.append(BNVarianceFloor(opt.bn_floor))
-    if getattr(opt, "bn_recal", 0):
-        out.append(BNRecalibration(opt.bn_recal))
     if getattr(opt, "keep_zeros", False):
         LOGGER.info("finetune: the checkpoint was pruned unstructured; its zero weights stay zero")
-        out.append(KeepZeros())
-    return out
+    return hooks_from_opt(opt, Distillation, BNVarianceFloor, BNRecalibration, KeepZeros)
 
 
 def run(opt: argparse.Namespace) -> dict:
-    return train.run(opt, hooks)
+    return trainer.run(opt, hooks)
 
 
 @cli

@@ -22,46 +22,44 @@ Methods: slim (|gamma|, after train_sparse.py), l1 (filter L1 norms, no sparse t
 change of removing a channel, from gradients on training batches; needs --data), eagleeye (random widths at
 --flops-target scored after adaptive BN on held-out training images; needs --data), sensitivity (each layer cut by
 the ratio its own curve allows within --max-drop; needs --data), layer (--layers N residual bottlenecks with the
-smallest gammas; layer+slim then slims), unstructured (weights, not channels).
+smallest gammas; layer+slim then slims), unstructured (weights, not channels), tp-magnitude and tp-taylor
+(Torch-Pruning's pruners cut to --flops-target, without folding; tp-taylor needs --data). Each is an object in
+utils/pruning/methods (the METHODS registry).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from copy import deepcopy
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn as nn
 
-import val
-from models.yolo import DetectionModel
-from train import scale_hyp
-from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from utils.checkpoint import finished_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.data import check_dataset
 from utils.dataloaders import create_dataloader
 from utils.errors import UserError, cli
-from utils.files import increment_path, staged_outputs, yaml_load
+from utils.evaluate import evaluate_model, val_loader
+from utils.files import increment_path, newest_run_file, staged_outputs
 from utils.labels import list_images
 from utils.log import LOGGER, colorstr
-from utils.loss import ComputeLoss
 from utils.pruning import sensitivity
-from utils.pruning.collapse import Collapse, cut_warning, remedy
-from utils.pruning.eagleeye import plot_candidates
-from utils.pruning.graph import build_groups, probe_size
-from utils.pruning.pruner import METHODS, NEEDS_DATA, PruneResult, PruneSettings, SearchData, importance, \
-    prune_model, sensitivity_curves
+from utils.pruning.collapse import Collapse, cut_warning
+from utils.pruning.data import SearchData, first_batches, yolo_loss
+from utils.pruning.graph import build_groups
+from utils.pruning.methods import METHODS, Method, PruneResult, PruneSettings
+from utils.pruning.methods.sensitivity import Sensitivity
+from utils.pruning.pruner import prune_model
+from utils.pruning.report import EVAL_KEYS, decision, model_figures, plot_channels, write_report
 from utils.pruning.sensitivity import RATIOS
-from utils.pruning.report import EVAL_KEYS, decision, plot_channels, write_report
-from utils.pruning.yaml_writer import save_model_yaml
-from utils.torch_utils import count_params, model_flops, select_device
+from utils.pruning.yaml_writer import check_rebuild, save_model_yaml
+from utils.torch_utils import select_device
 
 ROOT = Path(__file__).resolve().parent
 PREFIX = colorstr("prune: ")
+DEFAULT_METHOD = "slim"
 
 
 def fraction(text: str) -> float | str:
@@ -82,25 +80,13 @@ def resolve_weights(w: str) -> Path:
     if p.is_file():
         return p
     if p.parent == Path("."):
-        for base in dict.fromkeys((Path("runs").resolve(), ROOT / "runs")):  # here first, then the repo's runs/
-            found = list(base.glob(f"*/*/weights/{p.name}"))
-            if found:
-                break
-        if found:
-            newest = max(found, key=lambda q: q.stat().st_mtime)
+        newest = newest_run_file(p.name, (Path("runs").resolve(), ROOT / "runs"))  # here first, then the repo's
+        if newest:
             shown = newest.relative_to(Path.cwd()) if newest.is_relative_to(Path.cwd()) else newest
             LOGGER.info(f"{PREFIX}{w} is not in this folder; using the newest {p.name} under runs/: {shown}")
             return newest
         raise UserError(f"weights not found: {w} (neither here nor as runs/*/*/weights/{p.name})")
     raise UserError(f"weights not found: {w}")
-
-
-def describe(model: nn.Module, imgsz: int) -> dict:
-    bn = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
-    zeros = sum(int((w == 0).sum()) for w in convs) / max(sum(w.numel() for w in convs), 1)
-    return {"params": count_params(model), "GFLOPs": round(model_flops(model, imgsz), 4), "bn_channels": bn,
-            "zero_share": round(zeros, 6)}
 
 
 def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> SearchData:
@@ -117,67 +103,29 @@ def search_data(data: dict, opt: argparse.Namespace, model: nn.Module) -> Search
     stride = max(int(model.stride.max()), 32)
     calib_loader = create_dataloader(rest, opt.imgsz, opt.batch_size, stride, shuffle=True, workers=opt.workers,
                                      nc=data["nc"], seed=opt.seed, prefix=colorstr("calib: "))[0]
-    batches = _first_batches(calib_loader, opt.calib_batches * opt.batch_size)
+    batches = first_batches(calib_loader, opt.calib_batches * opt.batch_size)
     hold_loader = create_dataloader(hold, opt.imgsz, opt.batch_size, stride, rect=True, pad=0.5, workers=opt.workers,
                                     nc=data["nc"], prefix=colorstr("held-out: "))[0]
-    analysis = (opt.sensitivity or opt.method == "sensitivity") and not opt.sensitivity_csv
-    held = _first_batches(hold_loader, sensitivity.HELD_IMAGES) if analysis and opt.sensitivity_score == "loss" else []
+    analysis = (opt.sensitivity or "held" in METHODS[opt.method].needs) and not opt.sensitivity_csv
+    held = first_batches(hold_loader, sensitivity.HELD_IMAGES) if analysis and opt.sensitivity_score == "loss" else []
     calib = min(len(batches), sensitivity.CALIB_BATCHES)
     LOGGER.info(f"{PREFIX}{len(batches)} training batches from {len(rest)} images; held-out mAP50 on {len(hold)}"
                 + (f"; sensitivity: held-out loss on {sum(len(x) for x, _ in held)} of them, adaptive BN on the first "
                    f"{calib} batches" if held else ""))
-    return SearchData(batches, lambda m: val.evaluate_model(m, hold_loader, m.names)["mAP50"],
+    return SearchData(batches, lambda m: evaluate_model(m, hold_loader, m.names)["mAP50"],
                       yolo_loss(model.model[-1].nl, data["nc"], opt.imgsz), held=held,
                       sensitivity_score=opt.sensitivity_score, sensitivity_calib=calib)
 
 
-def _first_batches(loader, images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(images in 0..1, targets) batches from the start of `loader` until they hold at least `images` images."""
-    out, n = [], 0
-    for imgs, targets, *_ in loader:
-        out.append((imgs.float() / 255, targets))
-        n += len(imgs)
-        if n >= images:
-            break
-    return out
-
-
-def yolo_loss(nl: int, nc: int, imgsz: int):
-    """SearchData.loss: a model -> its YOLOv5 training loss (hyp.scratch-low's gains scaled as train.py scales them)
-    as a function of (model output in train or eval mode, targets) -> scalar."""
-    hyp = scale_hyp(yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml"), nl, nc, imgsz, 0.0)
-
-    def loss(m: nn.Module):
-        fn = ComputeLoss(m, hyp=hyp)
-        return lambda out, targets: fn(out[1] if isinstance(out, tuple) else out, targets)[0].sum()
-
-    return loss
-
-
-@torch.no_grad()
-def check_rebuild(pruned: nn.Module, yaml_path: Path) -> None:
-    """The written yaml must rebuild the pruned model: same parameter count, strict state_dict load, same output."""
-    rebuilt = DetectionModel(yaml_load(yaml_path)).eval()
-    rebuilt.load_state_dict(pruned.state_dict(), strict=True)
-    if count_params(rebuilt) != count_params(pruned):
-        raise RuntimeError(f"{yaml_path} rebuilds {count_params(rebuilt):,} parameters, not {count_params(pruned):,}")
-    s = probe_size(pruned)
-    x = torch.rand(1, pruned.yaml.get("ch", 3), s, s, generator=torch.Generator().manual_seed(0))
-    a, b = pruned.eval()(x)[0], rebuilt(x)[0]
-    if not torch.allclose(a, b, atol=1e-5, rtol=1e-5):
-        raise RuntimeError(f"{yaml_path}: the rebuilt model's output differs by {(a - b).abs().max():.3g}")
-
-
-def checkpoint(pruned: nn.Module, result: PruneResult, opt: argparse.Namespace, source: dict) -> dict:
-    """An upstream-style checkpoint of the pruned model (fp16, no optimizer), ready for val, detect and finetune."""
-    return {"epoch": -1, "best_fitness": None, "model": deepcopy(pruned).half().requires_grad_(False), "ema": None,
-            "updates": None, "optimizer": None, "opt": {k: str(v) if isinstance(v, Path) else v for k, v in
-                                                        vars(opt).items()},
-            "train_opt": source.get("opt"), "prune": result.summary(), "date": datetime.now().isoformat()}
+def checkpoint(pruned: nn.Module, summary: dict, opt: argparse.Namespace, source: dict) -> dict:
+    """An upstream-style checkpoint of the pruned model (fp16, no optimizer), ready for val, detect and finetune;
+    `summary`: report.json's settings."""
+    return finished_checkpoint(pruned, {k: str(v) if isinstance(v, Path) else v for k, v in vars(opt).items()},
+                               train_opt=source.get("opt"), prune=summary)
 
 
 def evaluate(model: nn.Module, loader, names) -> dict:
-    return {k: round(v, 5) for k, v in val.evaluate_model(model, loader, names).items()}
+    return {k: round(v, 5) for k, v in evaluate_model(model, loader, names).items()}
 
 
 def print_summary(rec: dict) -> None:
@@ -185,7 +133,7 @@ def print_summary(rec: dict) -> None:
     rows = [("parameters", f"{b['params']:,}", f"{a['params']:,}", a["params"] / b["params"]),
             (f"GFLOPs@{rec['imgsz']}", f"{b['GFLOPs']:.2f}", f"{a['GFLOPs']:.2f}", a["GFLOPs"] / b["GFLOPs"]),
             ("BN channels", f"{b['bn_channels']:,}", f"{a['bn_channels']:,}", a["bn_channels"] / b["bn_channels"])]
-    if s["method"] == "unstructured":
+    if not METHODS[s["method"]].structured:
         rows.append(("zero weights", f"{b['zero_share']:.2%}", f"{a['zero_share']:.2%}", float("nan")))
     if "eval" in b:
         rows += [(k, f"{b['eval'][k]:.3f}", f"{a['eval'][k]:.3f}",
@@ -200,7 +148,8 @@ def warn_live(s: dict) -> None:
     """One line, as soon as the cut is made, when it removed channels that had not collapsed (`s`: the summary)."""
     if s.get("live_removed"):
         c = Collapse(s["collapsed_share"], s["collapse_threshold"], s["group_channels"])
-        LOGGER.warning(f"{PREFIX}{cut_warning(s['method'], s['removed_share'], c, s['live_removed'])}")
+        remedy = METHODS[s["method"]].remedy
+        LOGGER.warning(f"{PREFIX}{cut_warning(remedy, s['removed_share'], c, s['live_removed'])}")
 
 
 def warn_drop(rec: dict) -> None:
@@ -209,116 +158,136 @@ def warn_drop(rec: dict) -> None:
     if "eval" in b and a["eval"]["mAP50"] < 0.5 * b["eval"]["mAP50"]:
         LOGGER.warning(f"{PREFIX}WARNING: mAP50 fell by more than half, {b['eval']['mAP50']:.3f} -> "
                        f"{a['eval']['mAP50']:.3f}: this model needs fine-tuning (finetune.py) before it is useful"
-                       + (f"; remedy: {remedy(s['method'])}" if s.get("live_removed") else ""))
+                       + (f"; remedy: {METHODS[s['method']].remedy}" if s.get("live_removed") else ""))
 
 
-def settings_from(opt: argparse.Namespace) -> PruneSettings:
+def settings_from(opt: argparse.Namespace) -> tuple[Method, PruneSettings]:
+    """The method (--method with its own options) and the shared settings; UserError for what they cannot honour."""
     auto = opt.percent == "auto"
-    settings = PruneSettings(opt.method, 0.0 if auto else opt.percent, opt.skip_shortcut, opt.min_channels, opt.round,
-                             opt.group_score, opt.flops_target, opt.layers, opt.candidates, opt.calib_batches,
-                             opt.seed, opt.imgsz, opt.max_drop, tuple(opt.ratios), opt.adaptive_bn, auto)
+    method = METHODS[opt.method].from_flags(vars(opt))
+    settings = PruneSettings(0.0 if auto else opt.percent, opt.skip_shortcut, opt.min_channels, opt.round,
+                             opt.flops_target, opt.calib_batches, opt.seed, opt.imgsz, opt.adaptive_bn, auto)
     try:
-        settings.check()
+        settings.check(method)
+        if opt.sensitivity:
+            Sensitivity.from_flags(vars(opt)).check_ratios()
     except ValueError as e:
         raise UserError(str(e)) from None
-    if opt.sensitivity and opt.method != "slim":
+    if opt.sensitivity and opt.method != DEFAULT_METHOD:
         raise UserError("--sensitivity analyses the model and prunes nothing; for pruning by it use "
                         "--method sensitivity --max-drop X")
     needs = "--sensitivity" if opt.sensitivity else "--adaptive-bn" if opt.adaptive_bn else \
-        f"--method {opt.method}" if opt.method in NEEDS_DATA else ""
+        f"--method {opt.method}" if method.needs else ""
     if needs and not opt.data:
         raise UserError(f"{needs} needs --data (training batches and held-out training images to score on)")
-    return settings
+    return method, settings
 
 
-def command(opt: argparse.Namespace) -> str:
+def flag_record(opt: argparse.Namespace) -> dict:
+    """The head of report.json's settings: every cut flag prune.py ran with (other methods' options too), in the order
+    the report has always listed them; the method's summary follows and adds what it decided."""
+    auto = opt.percent == "auto"
+    return {"method": opt.method, "percent": 0.0 if auto else opt.percent, "skip_shortcut": opt.skip_shortcut,
+            "min_channels": opt.min_channels, "round_to": opt.round, "group_score": opt.group_score,
+            "flops_target": opt.flops_target, "layers": opt.layers, "candidates": opt.candidates,
+            "calib_batches": opt.calib_batches, "seed": opt.seed, "imgsz": opt.imgsz, "max_drop": opt.max_drop,
+            "ratios": tuple(opt.ratios), "adaptive_bn": opt.adaptive_bn, "auto": auto}
+
+
+def command(method: Method, s: PruneSettings) -> str:
     """The flags that decided this pruning, as a user would type them."""
-    s = f"--method {opt.method}"
-    percent = opt.percent if opt.percent == "auto" else f"{opt.percent:g}"
-    s += f" --flops-target {opt.flops_target:g}" if opt.flops_target else \
-        ("" if opt.method in ("eagleeye", "layer") else f" --percent {percent}")
-    s += f" --layers {opt.layers}" if opt.method.startswith("layer") else ""
-    s += f" --candidates {opt.candidates} --calib-batches {opt.calib_batches}" if opt.method == "eagleeye" else ""
-    s += f" --calib-batches {opt.calib_batches}" if opt.method in ("taylor", "sensitivity") else ""
-    s += f" --max-drop {opt.max_drop:g}" if opt.method == "sensitivity" and opt.max_drop else ""
-    s += " --adaptive-bn" if opt.adaptive_bn else ""
-    return s + (" --skip-shortcut" if opt.skip_shortcut else "") + (f" --round {opt.round}" if opt.round > 1 else "")
+    percent = "auto" if s.auto else f"{s.percent:g}"
+    c = f"--method {method.name}"
+    c += f" --flops-target {s.flops_target:g}" if s.flops_target else \
+        (f" --percent {percent}" if method.takes_percent else "")
+    c += method.flags(s) + (" --adaptive-bn" if s.adaptive_bn else "")
+    return c + (" --skip-shortcut" if s.skip_shortcut else "") + (f" --round {s.round_to}" if s.round_to > 1 else "")
 
 
-def run(opt: argparse.Namespace) -> dict:
-    t0 = time.time()
-    settings = settings_from(opt)
-    weights = resolve_weights(opt.weights)
-    ckpt = load_checkpoint(weights)
-    model = model_from_checkpoint(ckpt).eval()
-    if opt.method != "unstructured" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-        raise UserError(f"{weights}: the model has no BatchNorm layers (fused?); channel pruning needs them")
-    device = select_device(opt.device)
-    data = check_dataset(opt.data, splits=()) if opt.data else None
+def load_data(opt: argparse.Namespace, method: Method, model: nn.Module, weights: Path) -> tuple[object, SearchData]:
+    """The val loader for the before/after evaluation (None without --data) and the methods' SearchData."""
     loader, search = None, SearchData()
-    if data:
+    if opt.data:
+        data = check_dataset(opt.data, splits=())
         if len(model.names) != data["nc"]:
             raise UserError(f"{weights} predicts {len(model.names)} classes but {opt.data} has nc={data['nc']}")
         stride = max(int(model.stride.max()), 32)
-        loader = val.val_loader(data, "val", opt.imgsz, opt.batch_size, stride, opt.workers, source=opt.data)
-        if opt.method in NEEDS_DATA or opt.adaptive_bn or opt.sensitivity:
+        loader = val_loader(data, "val", opt.imgsz, opt.batch_size, stride, opt.workers, source=opt.data)
+        if method.needs or opt.adaptive_bn or opt.sensitivity:
             search = search_data(data, opt, model)
     if opt.sensitivity_csv:
         try:
             search.curves = sensitivity.load_csv(Path(opt.sensitivity_csv))
         except ValueError as e:
             raise UserError(str(e)) from None
+    return loader, search
+
+
+def run(opt: argparse.Namespace) -> dict:
+    t0 = time.time()
+    method, settings = settings_from(opt)
+    weights = resolve_weights(opt.weights)
+    ckpt = load_checkpoint(weights)
+    model = model_from_checkpoint(ckpt).eval()
+    if method.structured and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        raise UserError(f"{weights}: the model has no BatchNorm layers (fused?); channel pruning needs them")
+    device = select_device(opt.device)
+    loader, search = load_data(opt, method, model, weights)
     if opt.sensitivity:
         return analyse(model, settings, search, opt, weights)
 
-    before = describe(model, opt.imgsz)
+    before = model_figures(model, opt.imgsz)
     if loader is not None:
         LOGGER.info(f"{PREFIX}evaluating {weights.name} before pruning")
         before["eval"] = evaluate(model.to(device), loader, model.names)
         model = model.cpu()
     try:
-        result = prune_model(model, settings, search)
+        result = prune_model(model, settings, search, method)
     except ValueError as e:  # a target the model cannot reach, more layers than it has
         raise UserError(str(e)) from None
-    pruned = result.model
-    warn_live(result.summary())
+    summary = {**flag_record(opt), **result.summary()}
+    warn_live(summary)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
-    after = describe(pruned, opt.imgsz)
+    after = model_figures(result.model, opt.imgsz)
     if loader is not None:
         LOGGER.info(f"{PREFIX}evaluating the pruned model")
-        after["eval"] = evaluate(pruned.to(device), loader, pruned.names)
-        pruned = pruned.cpu()
-
-    header = (f"Pruned from {weights} by prune.py {command(opt)} ({datetime.now():%Y-%m-%d}).\n"
-              "Every width is explicit (exact_widths); C3/SPPF inner widths are the trailing {...} argument.\n"
-              "Train from scratch: python train.py --cfg pruned.yaml --weights ''")
+        after["eval"] = evaluate(result.model.to(device), loader, result.model.names)
+        result.model.cpu()
     rec = {"weights": str(weights), "save_dir": str(save_dir), "imgsz": opt.imgsz, "data": opt.data or None,
-           "eval_split": "val" if data else None, "command": command(opt), "settings": result.summary(),
-           "before": before, "after": after, "layers": result.layers, "seconds": 0.0}
-    with staged_outputs(save_dir) as out:  # all or nothing: a rerun into the same folder that dies changes nothing
-        save_model_yaml(out / "pruned.yaml", pruned.yaml, header, _layer_notes(result.layers, len(pruned.model)))
-        check_rebuild(pruned, out / "pruned.yaml")
-        _plots(result, out, f"{weights.name}: {command(opt)}")
-        if result.curves is not None:
-            sensitivity.save_csv(out / "sensitivity.csv", *result.curves)
-        save_checkpoint(checkpoint(pruned, result, opt, ckpt), out / "pruned.pt")
-        rec["seconds"] = round(time.time() - t0, 2)
-        write_report(out, rec)
+           "eval_split": "val" if loader is not None else None, "command": command(method, settings),
+           "settings": summary, "before": before, "after": after, "layers": result.layers, "seconds": 0.0}
+    write_outputs(save_dir, rec, result, opt, ckpt, t0)
     print_summary(rec)
     warn_drop(rec)
     if result.clamped:
         LOGGER.warning(f"{PREFIX}WARNING: {len(result.clamped)} layer(s) had every channel below the threshold and "
                        f"keep --min-channels {opt.min_channels} (largest safe percent {result.safe_percent:.3f})")
     LOGGER.info(f"{PREFIX}done in {rec['seconds']:.1f}s. Results saved to {colorstr('bold', str(save_dir))} "
-                f"(pruned.pt, pruned.yaml, report.md, report.json, {_plot_names(opt.method)})\n"
+                f"(pruned.pt, pruned.yaml, report.md, report.json, {_plot_names(method)})\n"
                 f"Next: python finetune.py --weights {save_dir / 'pruned.pt'}"
                 f"{' --data ' + opt.data if opt.data else ''}")
     return rec
 
 
-def _plot_names(method: str) -> str:
-    extra = {"eagleeye": ", candidates.png", "sensitivity": ", sensitivity.csv, sensitivity.png"}
-    return "channels.png" + extra.get(method, "")
+def write_outputs(save_dir: Path, rec: dict, result: PruneResult, opt: argparse.Namespace, source: dict,
+                  t0: float) -> None:
+    """pruned.yaml (checked to rebuild the model), the plots, pruned.pt and report.json/md, all or nothing: a rerun
+    into the same folder that dies changes nothing."""
+    pruned, weights = result.model, Path(rec["weights"])
+    header = (f"Pruned from {rec['weights']} by prune.py {rec['command']} ({datetime.now():%Y-%m-%d}).\n"
+              "Every width is explicit (exact_widths); C3/SPPF inner widths are the trailing {...} argument.\n"
+              "Train from scratch: python train.py --cfg pruned.yaml --weights ''")
+    with staged_outputs(save_dir) as out:
+        save_model_yaml(out / "pruned.yaml", pruned.yaml, header, _layer_notes(result.layers, len(pruned.model)))
+        check_rebuild(pruned, out / "pruned.yaml")
+        _plots(result, out, f"{weights.name}: {rec['command']}")
+        save_checkpoint(checkpoint(pruned, rec["settings"], opt, source), out / "pruned.pt")
+        rec["seconds"] = round(time.time() - t0, 2)
+        write_report(out, rec)
+
+
+def _plot_names(method: Method) -> str:
+    return ", ".join(("channels.png", *method.outputs))
 
 
 def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: argparse.Namespace,
@@ -326,10 +295,11 @@ def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: 
     """prune.py --sensitivity: each layer pruned alone at --ratios and scored (--sensitivity-score);
     sensitivity.csv/png, the safest and most fragile layers. Nothing is pruned."""
     t0 = time.time()
+    analysis = Sensitivity.from_flags(vars(opt))
     groups = build_groups(model, settings.skip_shortcut)
     try:
-        scores = importance(model, groups, replace(settings, method="sensitivity"))  # as --method sensitivity cuts
-        base, curves = sensitivity_curves(model, groups, scores, settings, search)
+        scores = analysis.scores(model, groups, settings, search)  # the channels --method sensitivity keeps
+        base, curves = analysis.curves(model, groups, scores, settings, search)
     except ValueError as e:
         raise UserError(str(e)) from None
     metric = curves[0].metric if curves else "mAP50"
@@ -342,7 +312,7 @@ def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: 
     unpruned = f"held-out loss {base:.4g} per image (unpruned, the same adaptive BN)" if metric == "loss" else \
         f"mAP50 {base:.3f} on held-out training images (unpruned)"
     LOGGER.info(f"\n{PREFIX}{unpruned}; mean {sensitivity.DROPS[metric]} over the ratios "
-                f"{', '.join(map(str, settings.ratios))}:")
+                f"{', '.join(map(str, analysis.ratios))}:")
     LOGGER.info("  safest:       " + ", ".join(f"{name} {d:+.3f}" for name, d in rank[:n]))
     LOGGER.info("  most fragile: " + ", ".join(f"{name} {d:+.3f}" for name, d in reversed(rank[-n:])))
     LOGGER.info(f"{PREFIX}done in {time.time() - t0:.1f}s. Results saved to {colorstr('bold', str(save_dir))} "
@@ -355,16 +325,9 @@ def analyse(model: nn.Module, settings: PruneSettings, search: SearchData, opt: 
 
 
 def _plots(result: PruneResult, save_dir: Path, title: str) -> None:
-    if result.settings.method == "unstructured":
-        rows = [{"name": x["name"], "channels": x["weights"], "kept": x["weights"] - x["zeros"]} for x in result.layers]
-        plot_channels(rows, save_dir / "channels.png", title, unit="weights")
-        return
-    plot_channels(result.layers, save_dir / "channels.png", title)
-    if result.settings.method == "eagleeye":
-        cands = result.details["candidates"]
-        plot_candidates(cands, result.details["best"], save_dir / "candidates.png")
-    if result.curves is not None:
-        sensitivity.plot(save_dir / "sensitivity.png", *result.curves, f"{title}: per-layer sensitivity")
+    rows, unit = result.method.plot_rows(result)
+    plot_channels(rows, save_dir / "channels.png", title, unit=unit)
+    result.method.save_extras(result, save_dir, title)
 
 
 def _layer_notes(layers: list[dict], n: int) -> list[str]:
@@ -385,7 +348,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=str, default="last.pt", help="checkpoint to prune (bare name: newest in runs/)")
     p.add_argument("--percent", type=fraction, default=0.5,
                    help="share of prunable channels to remove, in [0, 1), or auto: the share that has collapsed")
-    p.add_argument("--method", default="slim", choices=METHODS, help="what decides the cut (see above)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help="what decides the cut (see above)")
     p.add_argument("--flops-target", type=float, default=0.0,
                    help="keep this share of the GFLOPs instead of --percent (slim, l1, layer+slim; eagleeye needs it)")
     p.add_argument("--layers", type=int, default=0, help="layer, layer+slim: residual bottlenecks to remove")

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 
-import train
-from utils.distill import add_teacher_args, teacher_hooks
+from utils import trainer
+from utils.data import ROOT
 from utils.errors import UserError, cli
-from utils.pruning.sparsity import BNSparsity
+from utils.hooks import BNSparsity, Distillation, hooks_from_opt
+from utils.hooks.distill import add_teacher_args
+from utils.train_options import build_parser, finalize_opt
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    p = train.build_parser(__doc__)
+    p = build_parser(__doc__)
     p.add_argument("--sr", type=float, default=0.001, help="L1 penalty on BN weights (scale sparsity rate)")
     p.add_argument("--sr-schedule", choices=("constant", "linear"), default="constant",
                    help="linear: sr decays to 10%% of --sr at the last epoch")
@@ -43,8 +45,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="recompute the EMA model's BN statistics on this many training batches after every epoch "
                         "(0: off); a strong penalty outruns BN's running averages")
     add_teacher_args(p, "the dense model, e.g. the --weights it starts from")
-    p.set_defaults(project=str(train.ROOT / "runs/train-sparse"))
-    opt = train.finalize_opt(p.parse_args(argv))
+    p.set_defaults(project=str(ROOT / "runs/train-sparse"))
+    opt = finalize_opt(p.parse_args(argv))
     if opt.sr < 0 or (opt.shrink is not None and opt.shrink <= 0) or opt.bn_recal < 0 or opt.gamma_lr <= 0 \
             or opt.polarize < 0:
         raise UserError("--sr, --bn-recal and --polarize must be >= 0, --shrink and --gamma-lr > 0")
@@ -53,10 +55,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(opt: argparse.Namespace) -> dict:
     # built from the resolved options, so a resumed run keeps its own penalty
-    return train.run(opt, lambda o: [BNSparsity(o.sr, o.sr_schedule, o.skip_shortcut, o.shrink,
-                                                  getattr(o, "bn_recal", 8), getattr(o, "gamma_lr", 1.0),
-                                                  getattr(o, "polarize", 0.0),
-                                                  getattr(o, "polarize_scope", "layer")), *teacher_hooks(o)])
+    return trainer.run(opt, lambda o: hooks_from_opt(o, BNSparsity, Distillation))
 
 
 @cli

@@ -250,7 +250,8 @@ class Compare(Pipeline):
             "--workers", str(o.workers), "--device", o.device], refresh=True)
         times = self.stage("benchmarks/latency.py", latency.main, [
             "--weights", self.base, "--pruned", *(f"{r['tag']}={r['weights']}" for r in rows), "--data", o.data,
-            "--imgsz", str(o.imgsz), "--runs", str(o.latency_runs), "--no-int8", "--device", "cpu", "--out",
+            "--imgsz", str(o.imgsz), "--runs", str(o.latency_runs), "--no-int8", "--backends", "pytorch", "onnxruntime",
+            "--device", "cpu", "--out",
             str(self.dir / "latency")], refresh=True)
         ms = {(t["model"], t["backend"]): t["ms"] for t in times}
         base = {"method": "base", "target_gflops": None, "weights": self.base, "tag": "base",

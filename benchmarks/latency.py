@@ -1,13 +1,17 @@
-"""Batch-1 latency of a base and a pruned model: PyTorch eager, ONNX Runtime fp32 and int8, several sizes, one run.
+"""Batch-1 latency of a base and a pruned model: PyTorch eager, ONNX Runtime and OpenVINO fp32 and int8, several
+sizes, one run.
 
     python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --imgsz 320 640
     python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --map   # + mAP50
     python benchmarks/latency.py --weights base.pt --pruned pruned=a.pt round16=b.pt --data my.yaml     # several
 
-Each size gets its own fixed-shape exports (fp32, and int8 calibrated on --data's train images unless --no-int8)
-under runs/benchmarks/latency/; all models of a size are timed in interleaved rounds (utils/latency.py), medians over
---runs calls after warm-up, with the ratio to the base PyTorch fp32 model. --map evaluates every model of the largest
-size with val.py on --data. Writes latency.json and latency.md. On CUDA (--device 0) the PyTorch rows run fp16.
+Each size gets its own fixed-shape exports (fp32, and int8 calibrated on --data's train images unless --no-int8:
+ONNX Runtime static QDQ, OpenVINO through NNCF) under runs/benchmarks/latency/; all models of a size are timed in
+interleaved rounds (utils/latency.py), medians over --runs calls after warm-up. Two ratios per row: to the base in
+PyTorch fp32, and to the base in the same runtime and precision (what a user deploying that runtime compares).
+OpenVINO rows: "fp32" forces f32 inference; "auto" is the CPU plugin's own choice (bf16 on CPUs with AMX or
+AVX512-BF16, which is not fp32). --map evaluates every model of the largest size with val.py on --data. Writes
+latency.json and latency.md. On CUDA (--device 0) the PyTorch rows run fp16.
 """
 
 from __future__ import annotations
@@ -31,12 +35,23 @@ from utils.files import atomic_write, file_size_mb  # noqa: E402
 from utils.latency import measure, torch_runner  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.onnx_backend import OnnxModel  # noqa: E402
+from utils.openvino_backend import OpenVinoModel  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
 
+BACKENDS = ("pytorch", "onnxruntime", "openvino")
+EXPORTED = {  # row name: (export_weights' key, loader)
+    "onnxruntime fp32": ("onnx", OnnxModel), "onnxruntime int8": ("int8", OnnxModel),
+    "openvino fp32": ("openvino", OpenVinoModel),
+    "openvino auto": ("openvino", lambda f: OpenVinoModel(f, precision="default")),
+    "openvino int8": ("openvino_int8", lambda f: OpenVinoModel(f, precision="default")),
+}
+
+
 def export_size(name: str, w: Path, size: int, opt: argparse.Namespace, out: Path) -> dict:
+    include = ["onnx"] * ("onnxruntime" in opt.backends) + ["openvino"] * ("openvino" in opt.backends)
     ns = Namespace(imgsz=[size, size], dynamic=False, opset=export.OPSET, int8=opt.int8, data=opt.data,
-                   calib_images=opt.calib_images, calibration="minmax")
+                   calib_images=opt.calib_images, calibration="minmax", include=include, ov_preset="mixed")
     return export.export_weights(w, ns, out / f"{name}-{size}.onnx")
 
 
@@ -44,20 +59,25 @@ def rows_for_size(size: int, models: dict[str, Path], opt, out: Path, device: to
     runners, files = {}, {}
     half = device.type == "cuda"
     for name, w in models.items():
-        m = load_model(w, device, fuse=True)
-        runners[(name, "pytorch fp16" if half else "pytorch fp32")] = torch_runner(m.half() if half else m, size,
-                                                                                    device)
-        files[(name, "pytorch fp16" if half else "pytorch fp32")] = w
+        if "pytorch" in opt.backends:
+            m = load_model(w, device, fuse=True)
+            runners[(name, "pytorch fp16" if half else "pytorch fp32")] = torch_runner(m.half() if half else m, size,
+                                                                                        device)
+            files[(name, "pytorch fp16" if half else "pytorch fp32")] = w
+        if opt.backends == ["pytorch"]:
+            continue
         e = export_size(name, w, size, opt, out)
-        onnx = [("onnxruntime fp32", e["onnx"])] + ([("onnxruntime int8", e["int8"])] if opt.int8 else [])
-        for backend, f in onnx:
-            runners[(name, backend)] = OnnxModel(f).runner(size)
-            files[(name, backend)] = Path(f)
+        for backend, (key, load) in EXPORTED.items():
+            if key in e:
+                runners[(name, backend)] = load(e[key]).runner(size)
+                files[(name, backend)] = Path(e[key])
     LOGGER.info(f"\nlatency at {size}: {opt.runs} runs per model in 5 interleaved rounds...")
     times = measure(runners, runs=opt.runs, rounds=5, warmup=5)
-    base = times[next(iter(runners))]["ms"]
+    base = next(iter(models))
+    ref = times.get((base, "pytorch fp16" if half else "pytorch fp32"), {}).get("ms")  # None without pytorch rows
     return [{"imgsz": size, "model": name, "backend": backend, "ms": round(t["ms"], 2), "p10": round(t["p10"], 2),
-             "p90": round(t["p90"], 2), "ratio": round(t["ms"] / base, 3), "file": str(files[(name, backend)]),
+             "p90": round(t["p90"], 2), "ratio": round(t["ms"] / ref, 3) if ref else None,
+             "ratio_same": round(t["ms"] / times[(base, backend)]["ms"], 3), "file": str(files[(name, backend)]),
              "file_MB": round(file_size_mb(files[(name, backend)]), 2)} for (name, backend), t in times.items()]
 
 
@@ -71,14 +91,19 @@ def add_map(rows: list[dict], opt: argparse.Namespace, out: Path) -> None:
         r["mAP50"], r["mAP50-95"] = round(rec["mAP50"], 4), round(rec["mAP50-95"], 4)
 
 
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def table(rows: list[dict]) -> str:
     has_map = any("mAP50" in r for r in rows)
-    head = "| size | model | backend | ms (median) | p10-p90 | vs base PyTorch | MB |" + (" mAP50 |" if has_map else "")
+    head = ("| size | model | backend | ms (median) | p10-p90 | vs base PyTorch | vs base, same runtime | MB |"
+            + (" mAP50 |" if has_map else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         m = f" {r['mAP50']:.3f} |" if "mAP50" in r else (" |" if has_map else "")
         lines.append(f"| {r['imgsz']} | {r['model']} | {r['backend']} | {r['ms']:.1f} | {r['p10']:.1f}-{r['p90']:.1f} "
-                     f"| {r['ratio']:.2f}x | {r['file_MB']:.2f} |{m}")
+                     f"| {_x(r['ratio'])} | {_x(r['ratio_same'])} | {r['file_MB']:.2f} |{m}")
     return "\n".join(lines)
 
 
@@ -92,9 +117,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
     p.add_argument("--runs", type=int, default=60, help="timed calls per model and size (>= 50 recommended)")
     p.add_argument("--calib-images", type=int, default=100)
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also time int8 ONNX exports")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also time int8 exports")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="runtimes to time")
     p.add_argument("--map", action="store_true", help="also mAP50 of every model at the largest size (val.py)")
-    p.add_argument("--device", default="cpu", help="PyTorch device (ONNX Runtime runs on the CPU)")
+    p.add_argument("--device", default="cpu", help="PyTorch device (ONNX Runtime and OpenVINO run on the CPU)")
     p.add_argument("--out", default=str(ROOT / "runs/benchmarks/latency"))
     opt = p.parse_args(argv)
     models = {"base": Path(opt.weights)}

@@ -32,11 +32,11 @@ import torch.nn as nn  # noqa: E402
 
 import prune  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
+from utils.checkpoint import finished_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
+from utils.hooks import BNSparsity  # noqa: E402
 from utils.latency import measure, torch_runner  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
-from utils.pruning.sparsity import BNSparsity  # noqa: E402
 from utils.torch_utils import count_params, recalibrate_bn  # noqa: E402
 
 
@@ -98,11 +98,11 @@ def step_times(cfg: str, imgsz: int, batch: int, runs: int) -> dict:
 def prune_time(cfg: str, tmp: Path) -> tuple[float, DetectionModel, DetectionModel]:
     model = spread_gammas(DetectionModel(cfg, nc=80)).eval()
     w = tmp / "base.pt"
-    save_checkpoint({"model": deepcopy(model).half(), "ema": None, "epoch": -1, "opt": {}}, w)
+    save_checkpoint(finished_checkpoint(model), w)
     t0 = time.perf_counter()
     rec = prune.run(prune.parse_opt(["--weights", str(w), "--percent", "0.5", "--project", str(tmp), "--name", "p"]))
     seconds = time.perf_counter() - t0
-    pruned = prune.load_checkpoint(Path(rec["save_dir"]) / "pruned.pt")["model"].float().eval()
+    pruned = load_checkpoint(Path(rec["save_dir"]) / "pruned.pt")["model"].float().eval()
     return seconds, model, pruned
 
 

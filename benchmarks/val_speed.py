@@ -24,8 +24,8 @@ import yaml  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data import check_dataset  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
+from utils.evaluate import evaluate  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
-from val import evaluate  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 

@@ -6,11 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import COLOURS, assert_boxes_on_objects
 from utils.augmentations import augment_hsv, box_candidates, flip_labels, letterbox, mixup, mosaic4, random_perspective
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-
-# class k is painted in COLOURS[k] (BGR) on black: blends with black or the grey fill never match another colour
-COLOURS = np.array([c for c in np.ndindex(2, 2, 2) if any(c)]) * 255  # 7 colours: the corners of the RGB cube
 
 
 def paint_scene(rng: np.random.Generator, size: int = 160, n: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -26,47 +24,6 @@ def paint_scene(rng: np.random.Generator, size: int = 160, n: int = 4) -> tuple[
         im[y1:y1 + h, x1:x1 + w] = COLOURS[cls]
         targets.append([cls, x1, y1, x1 + w, y1 + h])
     return im, np.array(targets, np.float64)
-
-
-def colour_mask(im: np.ndarray, cls: int) -> np.ndarray:
-    return np.abs(im.astype(np.int16) - COLOURS[int(cls)]).max(2) < 40
-
-
-def assert_boxes_on_objects(im: np.ndarray, boxes: np.ndarray, min_fill: float = 0.9, tol: float = 2.0,
-                            strict: bool = True, tight_at_border: bool = True) -> None:
-    """boxes: (n, 5) cls + pixel xyxy on BGR image im.
-
-    Each box: at least min_fill of its interior (1 px in from each side) has its class colour, and that colour
-    reaches every side of the box within tol px (the box is tight; tight_at_border=False excuses boxes cut by the
-    border after a rotation, whose corners left the image). Every pixel of a class colour lies in a box of that
-    class grown by tol; with strict=False, fragments that touch the image border or are at most 3 px thin are
-    allowed: objects an augmentation cut off and rightly dropped.
-    """
-    h, w = im.shape[:2]
-    for cls in np.unique(boxes[:, 0]) if len(boxes) else []:
-        mask = colour_mask(im, cls)
-        covered = np.zeros_like(mask)
-        for _, x1, y1, x2, y2 in boxes[boxes[:, 0] == cls]:
-            m = 1 if min(x2 - x1, y2 - y1) > 4 else 0  # blended edge pixels: look inside, unless the box is thin
-            inner = mask[int(round(y1)) + m:int(round(y2)) - m, int(round(x1)) + m:int(round(x2)) - m]
-            assert inner.size and inner.mean() >= min_fill, (cls, (x1, y1, x2, y2), inner.mean() if inner.size else 0)
-            ys, xs = np.nonzero(mask[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))])
-            got = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) + [int(x1), int(y1), int(x1), int(y1)]
-            err = (got - [x1, y1, x2, y2]) * [1, 1, -1, -1]  # > 0: the object stops short of that side
-            at_border = min(x1, y1, w - x2, h - y2) < 0.01  # labels are clipped 1e-3 inside the image
-            assert err.max() <= tol or (at_border and not tight_at_border), (cls, got, (x1, y1, x2, y2))
-            covered[max(int(y1 - tol), 0):int(np.ceil(y2 + tol)), max(int(x1 - tol), 0):int(np.ceil(x2 + tol))] = True
-        assert not _whole_objects(mask & ~covered, strict), (cls, "object pixels outside its boxes")
-    for cls in set(range(len(COLOURS))) - set(boxes[:, 0].tolist()):  # a colour without a box is no whole object
-        assert not _whole_objects(colour_mask(im, cls), strict), (cls, "object without a box")
-
-
-def _whole_objects(mask: np.ndarray, strict: bool) -> list:
-    """Connected pieces of mask, except (strict=False) those touching the border or at most 3 px thin."""
-    h, w = mask.shape
-    _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
-    return [(x, y, bw, bh) for x, y, bw, bh, _ in stats[1:]
-            if strict or not (x == 0 or y == 0 or x + bw == w or y + bh == h or min(bw, bh) <= 3)]
 
 
 GEOMETRY_OFF = {"degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0}

@@ -1,4 +1,5 @@
-"""utils/bn_floor.py: lifting tiny BN variances keeps the model's outputs and restores normal-sized training steps."""
+"""utils/hooks/bn_floor.py: lifting tiny BN variances keeps the model's outputs and restores normal-sized
+training steps."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import finetune
 from conftest import assert_one_line_error, run_script
 from models.common import Conv
 from models.yolo import DetectionModel
-from utils.bn_floor import BNVarianceFloor, conv_bn_pairs, lift_bn_variance
 from utils.checkpoint import save_checkpoint
 from utils.ema import ModelEMA
+from utils.hooks.bn_floor import BNVarianceFloor, conv_bn_pairs, lift_bn_variance
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small convs run faster on one thread

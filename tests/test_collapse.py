@@ -15,16 +15,16 @@ import finetune
 import prune
 import train_sparse
 from conftest import ROOT, SHAPES_NAMES, assert_one_line_error, make_dataset, run_script, shared_path
+from helpers import read_csv, tiny_args
 from models.yolo import DetectionModel
-from test_train import read_csv, tiny_args
 from utils.checkpoint import load_model, save_checkpoint
 from utils.dataloaders import create_dataloader
+from utils.evaluate import evaluate
+from utils.hooks.sparsity import BNSparsity
 from utils.pruning.collapse import collapse
 from utils.pruning.graph import build_groups
 from utils.pruning.pruner import PruneSettings, prune_model
-from utils.pruning.sparsity import BNSparsity
 from utils.torch_utils import recalibrate_bn
-from val import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

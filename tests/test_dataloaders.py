@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import utils.label_cache as label_cache
-from test_augmentations import COLOURS, assert_boxes_on_objects
+from helpers import COLOURS, assert_boxes_on_objects
 from utils.augmentations import HYP_DEFAULTS
 from utils.boxes import xywhn2xyxy
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader

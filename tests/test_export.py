@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 import detect
 import export
 import val
-from conftest import ROOT, assert_one_line_error, make_dataset, run_script, shared_path
+from conftest import assert_one_line_error, make_dataset, run_script, shared_path
+from helpers import assert_same_detections, spread_gammas
 from models.yolo import DetectionModel
 from utils.checkpoint import load_model, save_checkpoint
 from utils.errors import UserError
@@ -24,9 +24,6 @@ from utils.onnx_backend import OnnxModel, read_metadata
 from utils.pruning.pruner import PruneSettings, prune_model
 from utils.quantize import decode_nodes
 from utils.torch_utils import count_params
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from slim_speed import spread_gammas  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +37,7 @@ def _ckpt(model, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def n_ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    m = spread_gammas(DetectionModel("yolov5n.yaml", nc=3), 0, running_stats=True).eval()
+    m = spread_gammas(DetectionModel("yolov5n.yaml", nc=3), 0)
     m.names = {0: "a", 1: "b", 2: "c"}
     return _ckpt(m, tmp_path_factory.mktemp("n") / "n.pt")
 
@@ -163,12 +160,7 @@ def test_val_and_detect_on_a_dynamic_export_match_pytorch(tmp_path, shapes_yaml)
         shutil.copy(p, images)
     det = ["--source", str(images), "--imgsz", "320", "--nosave", "--project", str(tmp_path / "d")]
     ra, rb = detect.main(["--weights", str(w), *det]), detect.main(["--weights", f, *det])
-    assert ra.keys() == rb.keys() and sum(len(v) for v in ra.values()) >= 4
-    for k in ra:
-        assert len(ra[k]) == len(rb[k])
-        for da, db in zip(ra[k], rb[k]):
-            assert da["class"] == db["class"] and abs(da["conf"] - db["conf"]) < 1e-3
-            assert np.abs(np.subtract(da["xyxy"], db["xyxy"])).max() <= 1.0  # rounded to 0.1 px of whole pixels
+    assert_same_detections(ra, rb, at_least=4)
 
 
 def test_fixed_export_in_val_uses_batch_1_square(n_ckpt, tmp_path, log_lines):

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 import finetune
-import train
-from conftest import assert_one_line_error, make_dataset, run_script
-from test_train import odd_anchors, read_csv, set_odd_anchors, tiny_args
-from utils.distill import distill_loss
+from conftest import ROOT, assert_one_line_error, make_dataset, run_script
+from helpers import odd_anchors, read_csv, set_odd_anchors, tiny_args
 from models.yolo import DetectionModel
 from utils.checkpoint import load_model, save_checkpoint
 from utils.files import yaml_load
+from utils.hooks.distill import distill_loss
 from utils.torch_utils import count_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 2 torch threads on 2 busy cores ran training 10x slower
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 2 torch threads 
 
 def test_finetune_keeps_architecture_and_anchors(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
-    cfg = yaml_load(train.ROOT / "models/yolov5n.yaml")
+    cfg = yaml_load(ROOT / "models/yolov5n.yaml")
     cfg["width_multiple"] = 0.125  # an architecture no standard yaml has: only the checkpoint's yaml rebuilds it
     base = tmp_path / "base.pt"
     src = set_odd_anchors(DetectionModel(cfg, nc=2))  # anchors its yaml does not have: kept, not rebuilt

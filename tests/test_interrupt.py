@@ -16,9 +16,8 @@ import torch
 import prune
 import train
 from conftest import ROOT, make_dataset
+from helpers import hyp_file, read_csv, save_model, spread_gammas, tiny_args, wait_for
 from models.yolo import DetectionModel
-from test_prune import _save, _spread_gammas
-from test_train import _wait_for, hyp_file, read_csv, tiny_args
 from utils.checkpoint import load_checkpoint, load_model
 from utils.engine import Hook
 
@@ -37,7 +36,7 @@ def test_ctrl_c_during_training_keeps_last_pt_and_resume_finishes(tmp_path):
     weights = tmp_path / "runs/exp/weights"
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
-    _wait_for(weights / "last.pt", proc)
+    wait_for(weights / "last.pt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
@@ -120,7 +119,7 @@ def test_resumed_run_draws_the_same_batches_and_ends_with_the_same_weights(tmp_p
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return _save(_spread_gammas(DetectionModel("yolov5n.yaml", nc=3)), tmp_path_factory.mktemp("w") / "model.pt")
+    return save_model(spread_gammas(DetectionModel("yolov5n.yaml", nc=3)), tmp_path_factory.mktemp("w") / "model.pt")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

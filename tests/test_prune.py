@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,42 +18,23 @@ import torch.nn as nn
 import finetune
 import prune
 import train
-from conftest import FIXTURES, ROOT, assert_one_line_error, make_dataset, run_script, shared_path
+from conftest import FIXTURES, assert_one_line_error, make_dataset, run_script, shared_path
+from helpers import ODD_ANCHORS, odd_anchors, raw_outputs, save_model, set_odd_anchors, spread_gammas, tiny_args
 from models.yolo import DetectionModel
-from test_train import ODD_ANCHORS, odd_anchors, set_odd_anchors, tiny_args
-from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
+from utils.checkpoint import load_checkpoint, load_model
 from utils.files import yaml_load
 from utils.pruning.graph import build_groups
 from utils.pruning.pruner import PruneSettings, prune_model
 from utils.pruning.surgery import prune_channels, soft_prune
 from utils.torch_utils import count_params
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from slim_speed import spread_gammas  # noqa: E402
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small convs run faster on one thread
-
-
-def _spread_gammas(m: nn.Module, seed: int = 0) -> nn.Module:
-    """Gammas spread over [0, 1.5) with some near zero, betas and running statistics away from their defaults."""
-    return spread_gammas(m, seed, running_stats=True).eval()
-
-
-def _raw(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return model.eval()(x)[1]
-
-
-def _save(model: nn.Module, path: Path) -> Path:
-    save_checkpoint({"model": model.half(), "ema": None, "epoch": -1, "opt": {}}, path)
-    model.float()
-    return path
 
 
 @pytest.fixture(scope="module")
 def n_model():
     torch.manual_seed(0)
-    return _spread_gammas(DetectionModel("yolov5n.yaml", nc=3))
+    return spread_gammas(DetectionModel("yolov5n.yaml", nc=3))
 
 
 @pytest.mark.parametrize("percent", [0.3, 0.6])
@@ -62,7 +42,7 @@ def test_pruned_model_equals_soft_pruned_original(n_model, percent):
     res = prune_model(n_model, PruneSettings(percent=percent))
     soft = soft_prune(n_model, res.keep, res.groups)
     x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))
-    for a, b in zip(_raw(res.model, x), _raw(soft, x)):
+    for a, b in zip(raw_outputs(res.model, x), raw_outputs(soft, x)):
         assert a.shape == b.shape
         assert (a - b).abs().max() < 1e-4
     assert count_params(res.model) < count_params(n_model)
@@ -86,7 +66,7 @@ def _every_output(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     outs = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: outs.append(out)) for m in model.model[:-1]]
     try:
-        raw = _raw(model, x)
+        raw = raw_outputs(model, x)
     finally:
         for h in hooks:
             h.remove()
@@ -124,7 +104,7 @@ def test_percent_zero_changes_nothing(n_model):
     res = prune_model(n_model, PruneSettings(percent=0.0))
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert count_params(res.model) == count_params(n_model)
-    assert all(torch.equal(a, b) for a, b in zip(_raw(res.model, x), _raw(n_model, x)))
+    assert all(torch.equal(a, b) for a, b in zip(raw_outputs(res.model, x), raw_outputs(n_model, x)))
 
 
 def test_safe_percent_empties_no_layer_and_beyond_it_min_channels_holds(n_model):
@@ -146,7 +126,8 @@ def test_round_to_multiples(n_model):
 
 
 def test_cli_writes_a_yaml_that_rebuilds_the_checkpoint(tmp_path, n_model):
-    w = _save(set_odd_anchors(copy.deepcopy(n_model)), tmp_path / "n.pt")  # the checkpoint's anchors, not the yaml's
+    # the checkpoint's anchors, not the yaml's
+    w = save_model(set_odd_anchors(copy.deepcopy(n_model)), tmp_path / "n.pt")
     rec = prune.main(["--weights", str(w), "--percent", "0.4", "--imgsz", "128", "--project", str(tmp_path / "p")])
     out = Path(rec["save_dir"])
     assert {p.name for p in out.iterdir()} >= {"pruned.pt", "pruned.yaml", "report.md", "report.json", "channels.png"}
@@ -157,7 +138,7 @@ def test_cli_writes_a_yaml_that_rebuilds_the_checkpoint(tmp_path, n_model):
     assert count_params(rebuilt) == count_params(saved) == rec["after"]["params"] < rec["before"]["params"]
     rebuilt.load_state_dict(saved.state_dict(), strict=True)
     x = torch.rand(1, 3, 64, 96)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_raw(rebuilt, x), _raw(saved, x)))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(raw_outputs(rebuilt, x), raw_outputs(saved, x)))
     report = json.loads((out / "report.json").read_text())
     assert report["after"]["params"] == count_params(saved)
     assert [x["kept"] for x in report["layers"]] == [m.num_features for m in saved.modules()
@@ -177,7 +158,7 @@ def test_bare_last_pt_resolves_to_the_newest_run(tmp_path, n_model, monkeypatch,
     for k, name in enumerate(("exp", "exp2")):
         w = tmp_path / "runs" / "train-sparse" / name / "weights"
         w.mkdir(parents=True)
-        _save(n_model, w / "last.pt")
+        save_model(n_model, w / "last.pt")
         os.utime(w / "last.pt", (time.time() - 100 + 50 * k,) * 2)
     rec = prune.main(["--weights", "last.pt", "--percent", "0.2", "--imgsz", "64", "--project", str(tmp_path / "p")])
     assert Path(rec["weights"]) == (tmp_path / "runs/train-sparse/exp2/weights/last.pt").resolve()
@@ -188,14 +169,14 @@ def test_bare_last_pt_resolves_to_the_newest_run(tmp_path, n_model, monkeypatch,
 
 def test_ghost_model_prunes_and_rebuilds(tmp_path):
     torch.manual_seed(0)
-    m = _spread_gammas(DetectionModel("yolov5s-ghost.yaml", nc=3))
+    m = spread_gammas(DetectionModel("yolov5s-ghost.yaml", nc=3))
     res = prune_model(m, PruneSettings(percent=0.4))
     rebuilt = DetectionModel(res.model.yaml)
     rebuilt.load_state_dict(res.model.state_dict(), strict=True)
     x = torch.rand(1, 3, 64, 64)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_raw(rebuilt, x), _raw(res.model, x)))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(raw_outputs(rebuilt, x), raw_outputs(res.model, x)))
     soft = soft_prune(m, res.keep, res.groups)
-    assert all((a - b).abs().max() < 1e-4 for a, b in zip(_raw(res.model, x), _raw(soft, x)))
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(raw_outputs(res.model, x), raw_outputs(soft, x)))
     assert count_params(res.model) < 0.8 * count_params(m)
 
 
@@ -222,12 +203,12 @@ def test_coco_fixture_prunes_at_its_safe_percent(tmp_path):
     assert at.clamped == [] and min(x["kept"] for x in at.layers) >= 1
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     soft = soft_prune(m, at.keep, at.groups)
-    assert all((a - b).abs().max() < 1e-4 for a, b in zip(_raw(at.model, x), _raw(soft, x)))
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(raw_outputs(at.model, x), raw_outputs(soft, x)))
 
 
 def test_prune_finetune_prune_again(tmp_path, n_model):
     data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
-    w = _save(n_model, tmp_path / "n.pt")
+    w = save_model(n_model, tmp_path / "n.pt")
     first = prune.main(["--weights", str(w), "--percent", "0.4", "--imgsz", "64", "--project", str(tmp_path / "p")])
     args = [a for a in tiny_args(tmp_path, data, "--noplots", epochs=1) if a not in ("--cfg", "yolov5n.yaml")]
     ft = finetune.main(["--weights", str(Path(first["save_dir"]) / "pruned.pt"), *args, "--name", "ft"])
@@ -244,7 +225,7 @@ def test_prune_finetune_prune_again(tmp_path, n_model):
 
 
 def test_selection_removes_exactly_the_percent_even_when_scores_tie():
-    from utils.pruning.groups import select_channels
+    from utils.pruning.selection import select_channels
 
     scores = [torch.ones(10), torch.ones(6), torch.tensor([0.5, 2.0, 0.1, 3.0])]
     keep, clamped = select_channels(scores, 0.4, min_channels=1)

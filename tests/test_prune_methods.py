@@ -13,14 +13,14 @@ import torch.nn as nn
 import finetune
 import prune
 from conftest import assert_one_line_error, make_dataset, run_script, shared_path
+from helpers import assert_no_empty_layer, assert_rebuilds, raw_outputs, save_model, spread_gammas, tiny_args
 from models.yolo import DetectionModel
-from test_prune import _raw, _save, _spread_gammas
-from test_train import tiny_args
 from utils.checkpoint import load_checkpoint, load_model
 from utils.pruning.flops import ChannelCost
 from utils.pruning.graph import build_groups
 from utils.pruning.l1 import filter_norms, l1_scores
 from utils.pruning.layer import residual_blocks
+from utils.pruning.methods import create
 from utils.pruning.pruner import PruneSettings, prune_model
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import count_params, model_flops
@@ -31,21 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def n_model():
     torch.manual_seed(0)
-    return _spread_gammas(DetectionModel("yolov5n.yaml", nc=3))
-
-
-def _rebuilds(model: nn.Module) -> None:
-    """The model's own yaml rebuilds it: same parameters, strict load, same output."""
-    rebuilt = DetectionModel(model.yaml).eval()
-    rebuilt.load_state_dict(model.state_dict(), strict=True)
-    assert count_params(rebuilt) == count_params(model)
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_raw(rebuilt, x), _raw(model, x)))
-
-
-def _no_empty_layer(model: nn.Module) -> None:
-    assert all(m.num_features >= 1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    assert all(m.out_channels >= 1 and m.in_channels >= 1 for m in model.modules() if isinstance(m, nn.Conv2d))
+    return spread_gammas(DetectionModel("yolov5n.yaml", nc=3))
 
 
 @pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5s-ghost.yaml"])
@@ -65,11 +51,11 @@ def test_channel_cost_matches_the_profiled_pruned_model(cfg):
 
 @pytest.mark.parametrize("method", ["slim", "l1", "layer+slim"])
 def test_flops_target_is_met(n_model, method):
-    res = prune_model(n_model, PruneSettings(method=method, flops_target=0.5, layers=2, imgsz=320))
+    res = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320), method=create(method, layers=2))
     ratio = model_flops(res.model, 320) / model_flops(n_model, 320)
     assert 0.48 <= ratio <= 0.5 + 1e-3  # the smallest percent at or under the target
-    _no_empty_layer(res.model)
-    _rebuilds(res.model)
+    assert_no_empty_layer(res.model)
+    assert_rebuilds(res.model)
 
 
 def test_l1_scores_are_filter_norms_over_the_group_mean(n_model):
@@ -81,24 +67,24 @@ def test_l1_scores_are_filter_norms_over_the_group_mean(n_model):
                   for m in residual.members)
     assert torch.allclose(filter_norms(n_model, groups)[k], by_hand.detach())
     assert torch.allclose(l1_scores(n_model, groups)[k], (by_hand / by_hand.mean()).detach())
-    res = prune_model(n_model, PruneSettings(method="l1", percent=0.4))
+    res = prune_model(n_model, PruneSettings(percent=0.4), method="l1")
     assert res.clamped == [] and sum(len(v) for v in res.keep.values()) == pytest.approx(0.6 * sum(
         g.channels for g in groups), abs=1)
-    _rebuilds(res.model)
+    assert_rebuilds(res.model)
 
 
 def test_layer_removes_the_lowest_gamma_bottlenecks(n_model):
     blocks = residual_blocks(n_model)
     assert len(blocks) == 1 + 2 + 3 + 1  # yolov5n's backbone C3s
     lowest = sorted(blocks, key=lambda b: b.score)[:2]
-    res = prune_model(n_model, PruneSettings(method="layer", layers=2))
+    res = prune_model(n_model, method=create("layer", layers=2))
     assert [b["name"] for b in res.details["removed_blocks"]] == sorted(b.name for b in lowest)
     ref = _identity_blocks(n_model, lowest)  # the same model with those blocks passing x through
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_raw(res.model, x), _raw(ref, x)))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(raw_outputs(res.model, x), raw_outputs(ref, x)))
     assert sum(len(layer.m) for layer in res.model.model if hasattr(layer, "m") and hasattr(layer, "cv3")) == \
         sum(len(layer.m) for layer in n_model.model if hasattr(layer, "m") and hasattr(layer, "cv3")) - 2
-    _rebuilds(res.model)
+    assert_rebuilds(res.model)
 
 
 def _identity_blocks(model: nn.Module, blocks) -> nn.Module:
@@ -112,7 +98,7 @@ def _identity_blocks(model: nn.Module, blocks) -> nn.Module:
 
 def test_unstructured_sparsity_is_in_the_file_and_survives_finetuning(tmp_path, n_model):
     data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
-    w = _save(n_model, tmp_path / "n.pt")
+    w = save_model(n_model, tmp_path / "n.pt")
     rec = prune.main(["--weights", str(w), "--method", "unstructured", "--percent", "0.6", "--imgsz", "64",
                       "--project", str(tmp_path / "p")])
     out = Path(rec["save_dir"])
@@ -133,9 +119,9 @@ def test_unstructured_sparsity_is_in_the_file_and_survives_finetuning(tmp_path, 
 
 def test_ghost_prunes_by_l1_and_finetunes(tmp_path):
     torch.manual_seed(0)
-    m = _spread_gammas(DetectionModel("yolov5s-ghost.yaml", nc=3))
+    m = spread_gammas(DetectionModel("yolov5s-ghost.yaml", nc=3))
     data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
-    w = _save(m, tmp_path / "g.pt")
+    w = save_model(m, tmp_path / "g.pt")
     rec = prune.main(["--weights", str(w), "--method", "l1", "--flops-target", "0.5", "--imgsz", "64",
                       "--project", str(tmp_path / "p")])
     assert rec["after"]["GFLOPs"] / rec["before"]["GFLOPs"] == pytest.approx(0.5, abs=0.02)
@@ -158,8 +144,8 @@ def test_eagleeye_on_the_upstream_fixture(tmp_path, shapes_yaml):
     best = cands[s["best"]]
     assert best["score_adaptive"] == max(c["score_adaptive"] for c in cands)
     saved = load_model(out / "pruned.pt")
-    _no_empty_layer(saved)
-    _rebuilds(saved.float())
+    assert_no_empty_layer(saved)
+    assert_rebuilds(saved.float())
     opt = prune.parse_opt(["--weights", str(w), "--method", "eagleeye", "--flops-target", "0.6", "--calib-batches",
                            "2", "--batch-size", "16", "--data", str(shapes_yaml), "--imgsz", "256", "--workers", "0"])
     from utils.data import check_dataset
@@ -180,7 +166,7 @@ def test_eagleeye_on_the_upstream_fixture(tmp_path, shapes_yaml):
     (["--method", "l1", "--flops-target", "1.5"], "--flops-target"),
 ])
 def test_bad_method_settings_are_one_line(tmp_path, n_model, args, needle):
-    w = _save(n_model, tmp_path / "n.pt")
+    w = save_model(n_model, tmp_path / "n.pt")
     r = run_script("prune.py", "--weights", str(w), *args, "--imgsz", "64", "--project", str(tmp_path / "p"))
     assert_one_line_error(r, needle)
     assert not any((tmp_path / "p").glob("*/pruned.pt"))

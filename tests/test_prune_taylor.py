@@ -11,17 +11,16 @@ import torch.nn as nn
 
 import prune
 from conftest import assert_one_line_error, make_dataset, run_script, shared_path
+from helpers import assert_no_empty_layer, assert_rebuilds, save_model, spread_gammas
 from models.yolo import DetectionModel
-from test_prune import _save, _spread_gammas
-from test_prune_methods import _no_empty_layer, _rebuilds
 from utils.checkpoint import load_checkpoint, load_model
 from utils.data import check_dataset
 from utils.pruning import sensitivity
 from utils.pruning.flops import ChannelCost
-from utils.pruning.graph import build_groups
-from utils.pruning.groups import ChannelGroup, Member
+from utils.pruning.graph import ChannelGroup, Member, build_groups
+from utils.pruning.methods import create
 from utils.pruning.pruner import PruneSettings, SearchData, prune_model
-from utils.pruning.sensitivity import Curve, choose_ratios, drop_for_flops, kept_width
+from utils.pruning.sensitivity import Cuts, Curve, choose_ratios, drop_for_flops, kept_width
 from utils.pruning.taylor import taylor_scores
 from utils.torch_utils import model_flops
 
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def n_model():
     torch.manual_seed(0)
-    return _spread_gammas(DetectionModel("yolov5n.yaml", nc=3))
+    return spread_gammas(DetectionModel("yolov5n.yaml", nc=3))
 
 
 def _toy():
@@ -101,13 +100,13 @@ def _search_data(model, n=2):
 
 
 def test_taylor_prunes_to_a_flops_target_and_rebuilds(n_model):
-    res = prune_model(n_model, PruneSettings(method="taylor", flops_target=0.5, imgsz=320), _search_data(n_model))
+    res = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320), _search_data(n_model), "taylor")
     ratio = model_flops(res.model, 320) / model_flops(n_model, 320)
     assert 0.48 <= ratio <= 0.5 + 1e-3
-    _no_empty_layer(res.model)
-    _rebuilds(res.model)
+    assert_no_empty_layer(res.model)
+    assert_rebuilds(res.model)
     with pytest.raises(ValueError, match="--data"):
-        prune_model(n_model, PruneSettings(method="taylor", percent=0.3))
+        prune_model(n_model, PruneSettings(percent=0.3), method="taylor")
 
 
 def test_kept_width_and_choose_ratios():
@@ -141,7 +140,7 @@ def test_sensitivity_curves_fall_on_the_upstream_fixture(tmp_path, shapes_yaml):
     groups = build_groups(model)
     picked = [groups[i] for i in (6, 19, 26, 40)]  # backbone, SPPF input, neck, head: one group each
     scores = [torch.rand(g.channels, generator=torch.Generator().manual_seed(0)) for g in picked]
-    base, curves = sensitivity.analyze(model, picked, scores, data.images, data.score, (0.1, 0.9))
+    base, curves = sensitivity.analyze(model, picked, scores, data.images, data.score, Cuts((0.1, 0.9)))
     assert base == pytest.approx(data.score(model))
     for c in curves:
         assert c.scores[1] <= c.scores[0] + 1e-9, (c.layer, c.scores)
@@ -155,7 +154,7 @@ def test_sensitivity_curves_fall_on_the_upstream_fixture(tmp_path, shapes_yaml):
 
 def test_sensitivity_cli_writes_the_curves_it_plots_and_prunes_by_them(tmp_path, n_model):
     data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
-    w = _save(n_model, tmp_path / "n.pt")
+    w = save_model(n_model, tmp_path / "n.pt")
     common = ["--weights", str(w), "--data", str(data), "--imgsz", "64", "--calib-batches", "1", "--batch-size", "4",
               "--workers", "0", "--project", str(tmp_path / "p")]
     rec = prune.main([*common, "--sensitivity", "--ratios", "0.3", "0.6", "--name", "sens"])
@@ -174,8 +173,8 @@ def test_sensitivity_cli_writes_the_curves_it_plots_and_prunes_by_them(tmp_path,
     assert [x["ratio"] for x in s["layer_ratios"]] == [0.6] * len(curves)
     assert [x["kept"] for x in s["layer_ratios"]] == [kept_width(c.channels, 0.6) for c in curves]
     saved = load_model(Path(rec["save_dir"]) / "pruned.pt").float()
-    _no_empty_layer(saved)
-    _rebuilds(saved)
+    assert_no_empty_layer(saved)
+    assert_rebuilds(saved)
     assert load_checkpoint(Path(rec["save_dir"]) / "pruned.pt")["prune"]["method"] == "sensitivity"
     report = json.loads((Path(rec["save_dir"]) / "report.json").read_text())
     assert report["settings"]["max_drop_used"] == 1
@@ -190,12 +189,12 @@ def test_sensitivity_cli_writes_the_curves_it_plots_and_prunes_by_them(tmp_path,
 
 def test_an_analysis_of_another_model_is_refused(tmp_path, n_model):
     data = make_dataset(tmp_path / "data", n=8, nc=3, size=(64, 80))
-    other = _save(_spread_gammas(DetectionModel("yolov5s.yaml", nc=3)), tmp_path / "s.pt")
+    other = save_model(spread_gammas(DetectionModel("yolov5s.yaml", nc=3)), tmp_path / "s.pt")
     groups = build_groups(load_model(other).float())
     curves = [Curve(k, g.bns[0], g.channels, [0.5], [kept_width(g.channels, 0.5)], [0.1]) for k, g in
               enumerate(groups)]
     sensitivity.save_csv(tmp_path / "s.csv", 0.2, curves)
-    w = _save(n_model, tmp_path / "n.pt")
+    w = save_model(n_model, tmp_path / "n.pt")
     r = run_script("prune.py", "--weights", str(w), "--method", "sensitivity", "--max-drop", "0.1",
                    "--sensitivity-csv", str(tmp_path / "s.csv"), "--data", str(data), "--imgsz", "64",
                    "--calib-batches", "1", "--workers", "0", "--project", str(tmp_path / "p"))
@@ -216,7 +215,7 @@ def test_an_analysis_of_another_model_is_refused(tmp_path, n_model):
     (["--method", "sensitivity", "--max-drop", "0.1", "--ratios", "0.5", "0.2"], "--ratios"),
 ])
 def test_bad_settings_are_one_line(tmp_path, n_model, args, needle):
-    w = _save(n_model, tmp_path / "n.pt")
+    w = save_model(n_model, tmp_path / "n.pt")
     r = run_script("prune.py", "--weights", str(w), *args, "--imgsz", "64", "--project", str(tmp_path / "p"))
     assert_one_line_error(r, needle)
 
@@ -227,7 +226,7 @@ def test_channel_cost_of_sensitivity_widths(n_model):
     cost = ChannelCost(n_model, groups, 128)
     curves = [Curve(k, g.bns[0], g.channels, [0.5], [kept_width(g.channels, 0.5)], [0.0]) for k, g in
               enumerate(groups)]
-    res = prune_model(n_model, PruneSettings(method="sensitivity", max_drop=0.5, imgsz=128),
-                      SearchData(curves=(0.0, curves)))
+    res = prune_model(n_model, PruneSettings(imgsz=128), SearchData(curves=(0.0, curves)),
+                      create("sensitivity", max_drop=0.5))
     assert model_flops(res.model, 128) == pytest.approx(cost.gflops([kept_width(g.channels, 0.5) for g in groups]),
                                                         rel=2e-3)

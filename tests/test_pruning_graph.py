@@ -12,14 +12,8 @@ import torch
 import torch.nn as nn
 
 from models.yolo import DetectionModel
-from utils.pruning.graph import (
-    analyze_groups,
-    build_groups,
-    global_threshold,
-    group_scores,
-    prunable_bns,
-    safe_prune_percent,
-)
+from utils.pruning.graph import analyze_groups, build_groups, prunable_bns
+from utils.pruning.groups import global_threshold, group_scores, safe_prune_percent
 
 FOCUS_SPP = {"nc": 4, "depth_multiple": 0.33, "width_multiple": 0.25,
              "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],

@@ -11,16 +11,17 @@ from scipy.stats import spearmanr
 
 import prune
 from conftest import make_dataset, shared_path
+from helpers import save_model, spread_gammas
 from models.yolo import DetectionModel
-from test_prune import _save, _spread_gammas
 from utils.checkpoint import load_model
 from utils.data import check_dataset
 from utils.pruning import sensitivity
-from utils.pruning.eagleeye import keep_top
 from utils.pruning.graph import build_groups
 from utils.pruning.l1 import l1_scores
-from utils.pruning.pruner import PruneSettings, SearchData, sensitivity_curves
-from utils.pruning.sensitivity import Curve, SuffixLoss, choose_ratios, first_changed
+from utils.pruning.methods.sensitivity import Sensitivity
+from utils.pruning.pruner import PruneSettings, SearchData
+from utils.pruning.selection import keep_top
+from utils.pruning.sensitivity import Cuts, Curve, SuffixLoss, choose_ratios, first_changed
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import recalibrate_bn
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def n_model():
     torch.manual_seed(0)
-    return _spread_gammas(DetectionModel("yolov5n.yaml", nc=2))
+    return spread_gammas(DetectionModel("yolov5n.yaml", nc=2))
 
 
 def _batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -93,7 +94,7 @@ def test_loss_drops_are_relative_increases_and_round_trip(tmp_path):
 
 def test_the_cli_scores_by_loss_unless_asked_and_says_so(tmp_path, n_model, log_lines):
     data = make_dataset(tmp_path / "data", n=8, nc=2, size=(64, 80))
-    w = _save(n_model, tmp_path / "n.pt")
+    w = save_model(n_model, tmp_path / "n.pt")
     args = ["--weights", str(w), "--data", str(data), "--imgsz", "64", "--batch-size", "4", "--workers", "0",
             "--sensitivity", "--ratios", "0.5", "--skip-shortcut"]
     rec = prune.main([*args, "--project", str(tmp_path / "p")])
@@ -106,7 +107,7 @@ def test_the_cli_scores_by_loss_unless_asked_and_says_so(tmp_path, n_model, log_
     model = load_model(w).float().eval()
     search = prune.search_data(check_dataset(str(data), splits=()), prune.parse_opt(args), model)
     groups = build_groups(model, skip_shortcut=True)[:3]
-    _, by_l1 = sensitivity_curves(model, groups, l1_scores(model, groups), PruneSettings(ratios=(0.5,)), search)
+    _, by_l1 = Sensitivity(ratios=(0.5,)).curves(model, groups, l1_scores(model, groups), PruneSettings(), search)
     assert [c.scores for c in by_l1] == [pytest.approx(c["scores"], rel=1e-6) for c in rec["curves"][:3]]
 
     # --sensitivity-score map is the mAP50 reference, through the same SearchData
@@ -115,11 +116,11 @@ def test_the_cli_scores_by_loss_unless_asked_and_says_so(tmp_path, n_model, log_
     assert search.sensitivity_score == "map" and not search.held  # no held-out batches loaded for the loss
     search.score = lambda m: 0.5  # the mAP50 scorer's plumbing, not NMS, is what this checks
     groups = build_groups(n_model)[:2]
-    base, curves = sensitivity_curves(n_model, groups, l1_scores(n_model, groups),
-                                      PruneSettings(method="sensitivity", max_drop=0.1, ratios=(0.5,)), search)
+    base, curves = Sensitivity(max_drop=0.1, ratios=(0.5,)).curves(n_model, groups, l1_scores(n_model, groups),
+                                                                    PruneSettings(), search)
     assert base == 0.5 and [c.metric for c in curves] == ["mAP50"] * 2 and [c.scores for c in curves] == [[0.5]] * 2
     with pytest.raises(ValueError, match="--data"):
-        sensitivity_curves(n_model, groups, l1_scores(n_model, groups), PruneSettings(), SearchData())
+        Sensitivity().curves(n_model, groups, l1_scores(n_model, groups), PruneSettings(), SearchData())
 
 
 def test_the_loss_ranks_layers_as_map50_does_on_the_trained_fixture(shapes_yaml):
@@ -134,8 +135,9 @@ def test_the_loss_ranks_layers_as_map50_does_on_the_trained_fixture(shapes_yaml)
     picked = [groups[i] for i in (0, 1, 3, 6, 13, 19, 26, 33, 40, 46)]
     scores = l1_scores(model, picked)
     ratios = (0.75,)
-    base, slow = sensitivity.analyze(model, picked, scores, data.images, data.score, ratios)
-    base_loss, fast = sensitivity.analyze_loss(model, picked, scores, data.images, data.held, data.loss(model), ratios)
+    base, slow = sensitivity.analyze(model, picked, scores, data.images, data.score, Cuts(ratios))
+    base_loss, fast = sensitivity.analyze_loss(model, picked, scores, data.images, data.held, data.loss(model),
+                                               Cuts(ratios))
     rho = spearmanr([d for _, d in sorted(sensitivity.ranking(slow, base))],
                     [d for _, d in sorted(sensitivity.ranking(fast, base_loss))])[0]
     assert rho >= 0.7, (rho, sensitivity.ranking(slow, base), sensitivity.ranking(fast, base_loss))

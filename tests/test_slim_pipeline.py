@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT, make_dataset
-from test_train import read_csv
+from helpers import read_csv
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import slim_pipeline  # noqa: E402

@@ -11,12 +11,12 @@ import torch
 
 import train
 import train_sparse
-from conftest import make_dataset
+from conftest import ROOT, make_dataset
+from helpers import hyp_file, read_csv, tiny_args
 from models.yolo import DetectionModel
-from test_train import hyp_file, read_csv, tiny_args
+from utils.hooks.sparsity import BNSparsity, lr_sum, sr_factor
 from utils.optim import Warmup, lr_lambda
 from utils.pruning.graph import prunable_bns
-from utils.pruning.sparsity import BNSparsity, lr_sum, sr_factor
 
 HYP = {"lr0": 0.01, "momentum": 0.9, "warmup_bias_lr": 0.1, "warmup_momentum": 0.8}
 
@@ -153,7 +153,7 @@ def _engine_step(scale: float, sr: float = 0.01, lr: float = 0.1):
 
     torch.manual_seed(0)
     model = DetectionModel("yolov5n.yaml", nc=2)
-    model.hyp = {**HYP_DEFAULTS, **yaml_load(train_sparse.train.ROOT / "data/hyps/hyp.scratch-low.yaml")}
+    model.hyp = {**HYP_DEFAULTS, **yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml")}
     with torch.no_grad():
         for bn in model.modules():
             if isinstance(bn, torch.nn.BatchNorm2d):
@@ -173,12 +173,14 @@ def _engine_step(scale: float, sr: float = 0.01, lr: float = 0.1):
     for g in opt.param_groups:
         g["initial_lr"] = lr
     scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=scale > 1)
-    state = TrainState(model, opt, None, model.hyp, 1, 1, Path("."), torch.device("cpu"))
+    state = TrainState(model, opt, None, model.hyp, 1, 1, Path("."), torch.device("cpu"),
+                       loader=[(imgs, targets, None, None)], compute_loss=ComputeLoss(model),
+                       warmup=Warmup(-1, model.hyp, 1, lambda e: 1.0), scaler=scaler,
+                       is_main=False)  # no progress bar
     big = pytest.MonkeyPatch()
     big.setattr("utils.engine.MAX_GRAD_NORM", 1e9)  # clipping would rescale the step
     try:
-        train_one_epoch(state, [(imgs, targets, None, None)], ComputeLoss(model),
-                        Warmup(-1, model.hyp, 1, lambda e: 1.0), scaler, [hook], show_bar=False)
+        train_one_epoch(state, [hook])
     finally:
         big.undo()
     return hook, before, ref, {n: m.weight.detach().clone() for n, m in hook.bns.items()}

@@ -3,65 +3,25 @@
 from __future__ import annotations
 
 import copy
-import csv
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
-import yaml
 
 import train
 from conftest import ROOT, assert_one_line_error, make_dataset, run_script
+from helpers import hyp_file, odd_anchors, read_csv, set_odd_anchors, tiny_args, wait_for
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
 from utils.engine import Hook
-from utils.files import yaml_load
+from utils.results import RESULT_KEYS
 
 NO_AUG = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0, "mosaic": 0.0}
-
-
-# Not the yaml's default anchors, so a model rebuilt from its yaml cannot pass for one that kept them; whole pixels
-# over power-of-2 strides, so fp16 checkpoints and 4-decimal yamls hold them exactly
-ODD_ANCHORS = [[7, 9, 12, 21, 25, 17], [28, 55, 60, 44, 57, 107], [101, 83, 150, 180, 380, 300]]
-
-
-def set_odd_anchors(model: nn.Module) -> nn.Module:
-    d = model.model[-1]
-    with torch.no_grad():
-        d.anchors[:] = torch.tensor(ODD_ANCHORS, dtype=d.anchors.dtype).view(d.nl, -1, 2) / d.stride.view(-1, 1, 1)
-    return model
-
-
-def odd_anchors(model: nn.Module) -> bool:
-    """Whether the model's anchors (in stride units) are ODD_ANCHORS (in pixels)."""
-    d = model.model[-1]
-    return torch.equal((d.anchors.float() * d.stride.view(-1, 1, 1)).reshape(d.nl, -1),
-                       torch.tensor(ODD_ANCHORS, dtype=torch.float))
-
-
-def hyp_file(tmp_path: Path, **changes) -> Path:
-    h = yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml")
-    h.update(changes)
-    f = tmp_path / "hyp.yaml"
-    f.write_text(yaml.safe_dump(h))
-    return f
-
-
-def tiny_args(tmp_path: Path, data: Path, *extra: str, epochs: int = 2, imgsz: int = 64) -> list[str]:
-    return ["--cfg", "yolov5n.yaml", "--data", str(data), "--epochs", str(epochs), "--imgsz", str(imgsz),
-            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"),
-            "--name", "exp", *extra]
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 class CountingHook(Hook):
@@ -106,7 +66,7 @@ def test_run_writes_checkpoints_results_and_plots(tiny):
         assert (save_dir / f).is_file(), f
     rows = read_csv(save_dir / "results.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert set(train.RESULT_KEYS) <= set(rows[0])
+    assert set(RESULT_KEYS) <= set(rows[0])
     assert all(float(r["train/box_loss"]) > 0 for r in rows)
     ckpt = load_checkpoint(save_dir / "weights/best.pt")
     assert ckpt["epoch"] == -1 and ckpt["optimizer"] is None  # finished runs are stripped, as upstream
@@ -146,21 +106,13 @@ def test_overfits_eight_images(tmp_path):
     assert rec["mAP50"] >= 0.9, rec
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    t = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t < timeout
-        time.sleep(0.1)
-
-
 def test_sigkill_then_resume_finishes_the_planned_epochs(tmp_path):
     data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
     args = tiny_args(tmp_path, data, "--hyp", str(hyp_file(tmp_path, nbs=4)), "--noplots", epochs=3)
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     last = tmp_path / "runs/exp/weights/last.pt"
-    _wait_for(last, proc)
+    wait_for(last, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     ckpt = load_checkpoint(last)  # never truncated: written to a temp file and renamed
@@ -353,3 +305,18 @@ def test_amp_training_on_cuda(tmp_path, script):
     rows = read_csv(tmp_path / "runs/exp/results.csv")
     assert len(rows) == 2 and all(float(x["train/box_loss"]) > 0 for x in rows)
     assert load_model(tmp_path / "runs/exp/weights/last.pt").model[-1].nc == 2
+
+
+def test_cpu_run_says_what_it_will_cost(tmp_path, log_lines, monkeypatch):
+    from utils import engine
+
+    line = engine.cost_warning(2.0, 100, 30)  # 200 s an epoch, 30 epochs: 1.7 h
+    assert "an epoch takes about 3 min" in line and "30 epochs take about 1.7 h" in line and engine.SMALL in line
+    assert engine.cost_warning(0.5, 100, 30) is None  # 25 min in all: no warning
+    assert "about 50 s here" in engine.cost_warning(0.5, 100, 100)
+    monkeypatch.setattr(engine, "COST_PROBE", 2)
+    monkeypatch.setattr(engine, "cost_warning", functools.partial(engine.cost_warning, limit_hours=0))
+    data = make_dataset(tmp_path / "data", n=8, size=(64, 80))
+    train.run(train.parse_opt(tiny_args(tmp_path, data, "--noplots", epochs=2)))
+    warned = [x for x in log_lines if x.startswith("WARNING: CPU training:")]
+    assert len(warned) == 1 and "2 epochs take about" in warned[0]  # once, at the start of the run

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import utils.evaluate as evaluation
 import val
 from conftest import assert_one_line_error, make_dataset, run_script, shared_path
 from models.yolo import DetectionModel
@@ -129,20 +130,20 @@ def test_evaluation_does_not_depend_on_how_busy_the_machine_is(tmp_path, monkeyp
     model = DetectionModel("yolov5n.yaml", nc=2).eval()
     from utils.data import check_dataset
 
-    loader = val.val_loader(check_dataset(str(data), splits=()), "val", 64, 6, 32, 0)
+    loader = evaluation.val_loader(check_dataset(str(data), splits=()), "val", 64, 6, 32, 0)
     boxes: list[int] = []
-    nms = val.non_max_suppression
+    nms = evaluation.non_max_suppression
 
     def counting(*args, **kwargs):
         out = nms(*args, **kwargs)
         boxes.append(sum(len(x) for x in out))
         return out
 
-    monkeypatch.setattr(val, "non_max_suppression", counting)
-    calm = val.evaluate(model, loader, {0: "a", 1: "b"}, conf_thres=0.0)
+    monkeypatch.setattr(evaluation, "non_max_suppression", counting)
+    calm = evaluation.evaluate(model, loader, {0: "a", 1: "b"}, conf_thres=0.0)
     clock = iter(range(0, 10**6, 100))
     monkeypatch.setattr(utils.nms.time, "time", lambda: float(next(clock)))
-    busy = val.evaluate(model, loader, {0: "a", 1: "b"}, conf_thres=0.0)
+    busy = evaluation.evaluate(model, loader, {0: "a", 1: "b"}, conf_thres=0.0)
     assert boxes[0] == boxes[1] >= 6  # every image kept its boxes
     assert (calm.mp, calm.mr, calm.map50, calm.map) == (busy.mp, busy.mr, busy.map50, busy.map)
     # where a limit applies (detect.py's default) the same clock trips it after the first image: the rest stay empty
@@ -161,8 +162,8 @@ def test_half_evaluation_of_fp32_weights_autocasts(shapes_yaml):
 
     model = load_model(shared_path("fixtures", "upstream-yolov5n-shapes.pt"), torch.device("cpu")).float()
     data = check_dataset(str(shapes_yaml), splits=())
-    loader = val.val_loader(data, "val", 320, 32, 32, 0)
-    fp32 = val.evaluate(model, loader, data["names"])
-    half = val.evaluate(model, loader, data["names"], half=True)
+    loader = evaluation.val_loader(data, "val", 320, 32, 32, 0)
+    fp32 = evaluation.evaluate(model, loader, data["names"])
+    half = evaluation.evaluate(model, loader, data["names"], half=True)
     assert next(model.parameters()).dtype == torch.float32
     assert half.map50 == pytest.approx(fp32.map50, abs=0.01) and fp32.map50 > 0.6  # upstream's figure: 0.711

@@ -1,14 +1,17 @@
 """Reading and writing checkpoints in upstream YOLOv5's format.
 
 A checkpoint is a dict with `model` (the pickled DetectionModel, fp16), `ema`, `updates`, `optimizer`, `epoch`,
-`best_fitness`, `opt`, `date`. Unpickling runs code from the file: only load checkpoints you trust
-(`weights_only=False` is required for pickled models).
+`best_fitness`, `opt`, `date`. A finished one (the end of training, prune.py's output) keeps only the model, in fp16:
+`ema`, `updates`, `optimizer` and `best_fitness` are None and `epoch` is -1. Unpickling runs code from the file: only
+load checkpoints you trust (`weights_only=False` is required for pickled models).
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from copy import deepcopy
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,29 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     """torch.save through a temp file and rename, so an interrupted save never leaves a truncated checkpoint."""
     atomic_write(path, lambda f: torch.save(ckpt, f))
     LOGGER.debug(f"saved {path}")
+
+
+def training_checkpoint(model: nn.Module, ema, optimizer: torch.optim.Optimizer, epoch: int, best_fitness: float,
+                        opt: dict) -> dict[str, Any]:
+    """What --resume continues from: fp16 copies of the model and of its EMA (a utils.ema.ModelEMA), and the
+    optimizer's state."""
+    return {"epoch": epoch, "best_fitness": best_fitness, "model": deepcopy(model).half(),
+            "ema": deepcopy(ema.ema).half(), "updates": ema.updates, "optimizer": optimizer.state_dict(),
+            "opt": opt, "date": datetime.now().isoformat()}
+
+
+def finished_checkpoint(model: nn.Module, opt: dict | None = None, date: str | None = None,
+                        **extra: Any) -> dict[str, Any]:
+    """A checkpoint with nothing left to resume: an fp16 copy of `model` (gradients off) and no EMA or optimizer,
+    ready for val.py, detect.py, export.py, prune.py and finetune.py. `extra` keys are stored beside (prune.py's
+    `prune` summary, for example)."""
+    return {"epoch": -1, "best_fitness": None, "model": deepcopy(model).half().requires_grad_(False), "ema": None,
+            "updates": None, "optimizer": None, "opt": {} if opt is None else opt, **extra,
+            "date": date or datetime.now().isoformat()}
+
+
+def strip_optimizer(path: str | Path) -> None:
+    """Finished runs keep only the EMA model (as `model`), like upstream: a third of the size, nothing to resume."""
+    ckpt = load_checkpoint(path)
+    done = finished_checkpoint(ckpt.get("ema") or ckpt["model"], ckpt.get("opt"), ckpt.get("date"))
+    save_checkpoint({**ckpt, **done}, path)

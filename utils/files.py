@@ -1,4 +1,4 @@
-"""Files and paths: yaml reading, run directories, atomic writes."""
+"""Files and paths: yaml reading, run directories (new and newest), atomic writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
@@ -48,6 +48,16 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def newest_run_file(name: str, roots: Iterable[str | Path]) -> Path | None:
+    """The newest <root>/*/*/weights/<name> (by modification time) under the first root that has one; None if
+    none has. How `--resume` and a bare `--weights last.pt` find the run a user means."""
+    for root in dict.fromkeys(Path(r) for r in roots):
+        found = list(root.glob(f"*/*/weights/{name}"))
+        if found:
+            return max(found, key=lambda q: q.stat().st_mtime)
+    return None
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -99,4 +109,6 @@ def staged_outputs(save_dir: str | Path) -> Iterator[Path]:
 
 
 def file_size_mb(path: str | Path) -> float:
-    return Path(path).stat().st_size / 1e6
+    """Size in MB of a file, or of the files in a folder (an OpenVINO IR folder)."""
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.iterdir() if f.is_file()) / 1e6 if p.is_dir() else p.stat().st_size / 1e6

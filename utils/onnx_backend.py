@@ -98,12 +98,46 @@ def export_onnx(model: nn.Module, path: str | Path, imgsz: tuple[int, int], dyna
     return path
 
 
-class OnnxModel:
-    """An .onnx file written by export.py, run by ONNX Runtime on the CPU, called like DetectionModel in eval mode:
-    model(images) -> (predictions, None). Carries names, stride, params and GFLOPs from the file's metadata.
+class ExportedRuntime:
+    """What every exported model offers val.py, detect.py and the benchmarks: called like DetectionModel in eval mode,
+    model(images) -> (predictions, None), with names, stride, params, GFLOPs and precision from the export's metadata.
+    A subclass sets path, meta, dynamic and imgsz (the fixed (h, w) of a static graph, or None for a --dynamic one) and
+    defines run(x) on a numpy batch."""
 
-    imgsz is the fixed (h, w) of a static graph, or None for a --dynamic one (any size, any batch).
-    """
+    path: Path
+    dynamic: bool
+    imgsz: tuple[int, int] | None
+
+    def _read_meta(self, meta: dict) -> None:
+        self.meta = meta
+        self.names = {int(k): str(v) for k, v in meta["names"].items()}
+        self.stride = torch.tensor([float(meta["stride"])])
+        self.params, self.gflops = int(meta.get("params", 0)), float(meta.get("GFLOPs", 0.0))
+        self.precision = meta.get("precision", "fp32")
+        self.device = torch.device("cpu")
+
+    def eval(self) -> "ExportedRuntime":
+        return self
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, im: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if not self.dynamic and (tuple(im.shape[2:]) != self.imgsz or im.shape[0] != 1):
+            raise UserError(f"{self.path.name} was exported for 1x3x{self.imgsz[0]}x{self.imgsz[1]} input, got "
+                            f"{'x'.join(map(str, im.shape))}; export with --dynamic for other shapes")
+        y = self.run(np.ascontiguousarray(im.detach().float().cpu().numpy()))
+        return torch.from_numpy(y).to(im.device), None
+
+    def runner(self, imgsz: int):
+        """One batch-1 inference on a fixed random image (for utils.latency.measure)."""
+        h, w = self.imgsz or (imgsz, imgsz)
+        x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+        return lambda: self.run(x)
+
+
+class OnnxModel(ExportedRuntime):
+    """An .onnx file written by export.py, run by ONNX Runtime on the CPU (see ExportedRuntime)."""
 
     def __init__(self, path: str | Path, threads: int = 0):
         ort = import_ort()
@@ -120,34 +154,14 @@ class OnnxModel:
         meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
         if "names" not in meta or "stride" not in meta:
             raise UserError(f"{path}: no YOLOv5 metadata (names, stride); export it with export.py")
-        self.path, self.meta = path, meta
-        self.names = {int(k): str(v) for k, v in meta["names"].items()}
-        self.stride = torch.tensor([float(meta["stride"])])
+        self.path = path
+        self._read_meta(meta)
         shape = self.session.get_inputs()[0].shape
         self.dynamic = not all(isinstance(d, int) for d in shape)
         self.imgsz = None if self.dynamic else (shape[2], shape[3])
-        self.params, self.gflops = int(meta.get("params", 0)), float(meta.get("GFLOPs", 0.0))
-        self.precision = meta.get("precision", "fp32")
-        self.device = torch.device("cpu")
-
-    def eval(self) -> "OnnxModel":
-        return self
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT], {INPUT: x})[0]
-
-    def __call__(self, im: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if not self.dynamic and (tuple(im.shape[2:]) != self.imgsz or im.shape[0] != 1):
-            raise UserError(f"{self.path.name} was exported for 1x3x{self.imgsz[0]}x{self.imgsz[1]} input, got "
-                            f"{'x'.join(map(str, im.shape))}; export with --dynamic for other shapes")
-        y = self.run(np.ascontiguousarray(im.detach().float().cpu().numpy()))
-        return torch.from_numpy(y).to(im.device), None
-
-    def runner(self, imgsz: int):
-        """One batch-1 inference on a fixed random image (for utils.latency.measure)."""
-        h, w = self.imgsz or (imgsz, imgsz)
-        x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-        return lambda: self.run(x)
 
 
 def is_onnx(weights: str | Path) -> bool:

@@ -58,16 +58,9 @@ def auto_percent(c: Collapse, safe: float) -> float:
     return min(c.share, safe)
 
 
-def remedy(method: str) -> str:
-    """What to change when a cut reaches live channels."""
-    if method.endswith("slim"):
-        return ("sparse-train longer or harder (train_sparse.py --epochs, --shrink or --sr, --polarize 1.2), cut less "
-                "(--percent auto), or use a method that does not rely on sparsity (--method eagleeye or taylor)")
-    return "cut less, or fine-tune to recover (finetune.py)"
-
-
-def cut_warning(method: str, removed_share: float, c: Collapse, live: int) -> str:
-    """The one-line warning of a cut that removes `live` channels that had not collapsed."""
+def cut_warning(remedy: str, removed_share: float, c: Collapse, live: int) -> str:
+    """The one-line warning of a cut that removes `live` channels that had not collapsed; `remedy`: what to change
+    (the method's)."""
     return (f"WARNING: this cut removes {removed_share:.1%} of the prunable channels but only {c.share:.1%} had "
             f"collapsed (score < {c.threshold:.3g}): {live} live channels ({live / max(c.channels, 1):.1%}) go, so "
-            f"expect a large mAP drop until fine-tuned. Remedy: {remedy(method)}")
+            f"expect a large mAP drop until fine-tuned. Remedy: {remedy}")

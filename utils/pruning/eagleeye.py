@@ -19,7 +19,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from utils.pruning.flops import ChannelCost
-from utils.pruning.groups import ChannelGroup
+from utils.pruning.graph import ChannelGroup
+from utils.pruning.selection import keep_top
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import recalibrate_bn
 
@@ -64,22 +65,28 @@ def sample_widths(cost: ChannelCost, target: float, rng: np.random.Generator, mi
                      f"(the target is below what --min-channels {min_channels} allows, or --round is too coarse)")
 
 
-def keep_top(scores: Sequence[torch.Tensor], kept: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Per group, the kept[k] best-scoring channels (sorted indices)."""
-    return {k: torch.sort(s, descending=True, stable=True).indices[:n].sort().values
-            for k, (s, n) in enumerate(zip(scores, kept))}
+@dataclass(frozen=True)
+class Draws:
+    """What the search draws: n candidates at `target` GFLOPs from `seed`, every group keeping at least min_channels,
+    rounded up to a multiple of round_to."""
+
+    target: float
+    n: int = 20
+    seed: int = 0
+    min_channels: int = 1
+    round_to: int = 1
 
 
 def search(model: nn.Module, groups: list[ChannelGroup], scores: Sequence[torch.Tensor], cost: ChannelCost,
-           target: float, n: int, calib: Sequence[torch.Tensor], score: Callable[[nn.Module], float], seed: int = 0,
-           min_channels: int = 1, round_to: int = 1) -> tuple[nn.Module, list[Candidate], int]:
-    """Draw n candidates at `target` GFLOPs, score each before and after adaptive BN on `calib` batches; return the
-    best sub-net (adaptive BN statistics in place), every candidate, and the best one's index."""
-    rng = np.random.default_rng(seed)
+           calib: Sequence[torch.Tensor], score: Callable[[nn.Module], float],
+           draws: Draws) -> tuple[nn.Module, list[Candidate], int]:
+    """Draw the candidates, score each before and after adaptive BN on `calib` batches; return the best sub-net
+    (adaptive BN statistics in place), every candidate, and the best one's index."""
+    rng = np.random.default_rng(draws.seed)
     candidates: list[Candidate] = []
     best, best_i = None, -1
-    for i in tqdm(range(n), desc="eagleeye: candidates", bar_format="{l_bar}{bar:10}{r_bar}"):
-        kept = sample_widths(cost, target, rng, min_channels, round_to)
+    for i in tqdm(range(draws.n), desc="eagleeye: candidates", bar_format="{l_bar}{bar:10}{r_bar}"):
+        kept = sample_widths(cost, draws.target, rng, draws.min_channels, draws.round_to)
         sub = prune_channels(model, keep_top(scores, kept), groups)
         c = Candidate([int(x) for x in kept], cost.gflops(kept))
         c.score_inherited = score(sub)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.pruning.groups import ChannelGroup
+from utils.pruning.graph import ChannelGroup
 from utils.torch_utils import model_flops
 
 

@@ -1,4 +1,6 @@
-"""Channel flow through a DetectionModel: which BatchNorm channels must be removed together, and who reads them.
+"""Channel flow through a DetectionModel and the channel groups it implies: which BatchNorm channels must be removed
+together, and who reads them. The first stage of pruning: graph -> groups (scores) -> importance -> selection ->
+surgery -> yaml; nothing here imports a later stage.
 
 Every channel of every tensor is an *element*: an output channel of a BatchNorm, or an unprunable channel (the image,
 the output of a module without a rule). The layers are walked in order through their `.f` indices, with one rule per
@@ -6,7 +8,12 @@ module type mapping the elements of a module's input to those of its output: a c
 concatenates its inputs' element lists, pooling and upsampling pass them through, and a residual add or a depth-wise
 conv *ties* elements (union-find), because channel i of one side only exists together with channel i of the other.
 Each conv records which element it reads at which input channel. A set of tied elements is one removable channel;
-`groups.make_groups` gathers those into aligned groups, returned by `analyze_groups` / `build_groups` here.
+`make_groups` gathers those into aligned groups, returned by `analyze_groups` / `build_groups`.
+
+A group is a run of channels with the same structure: group channel t is channel `offset + t` of every member BN
+and input channel `offset + t` of every consumer conv. A member BN may appear twice in one group (a GhostBottleneck
+adds one tensor onto both halves of a GhostConv's output, whose halves are tied by its depth-wise conv). Like
+Torch-Pruning's DependencyGraph, the graph builds its groups; scoring them is the next stage's (groups.py).
 
 Rules rather than torch.fx: they state the semantics of YOLOv5's few block types, anything without a rule is pinned
 (its inputs and its own BNs become unprunable, with the reason), and one dry run checks every layer's channel count
@@ -24,19 +31,10 @@ import torch.nn as nn
 
 from models.common import SPP, SPPF, Bottleneck, C3, C3Ghost, Concat, Conv, DWConv, Focus, GhostBottleneck, GhostConv
 from models.yolo import Detect
-from utils.pruning.groups import (
-    ChannelGroup,
-    GroupAnalysis,
-    Member,
-    global_threshold,
-    group_scores,
-    make_groups,
-    safe_prune_percent,
-)
 
-__all__ = [  # the group API is importable from here, where groups are built
-    "ChannelFlow", "ChannelGroup", "GroupAnalysis", "Member", "analyze_groups", "build_groups", "global_threshold",
-    "group_scores", "prunable_bns", "safe_prune_percent", "trace_channels",
+__all__ = [
+    "ChannelFlow", "ChannelGroup", "GroupAnalysis", "Member", "analyze_groups", "build_groups", "make_groups",
+    "prunable_bns", "probe_size", "trace_channels",
 ]
 
 Layout = list[int]  # the element id of each channel of a tensor
@@ -90,6 +88,78 @@ class ChannelFlow:
         for e in range(len(self.parent)):
             out.setdefault(self.find(e), []).append(e)
         return out
+
+
+@dataclass(frozen=True)
+class Member:
+    """One BN of a group; its conv's output channels go with it (and its input channels too when depth-wise)."""
+
+    bn: str  # name in model.named_modules()
+    conv: str  # the Conv2d whose output this BN normalises
+    offset: int  # group channel t is channel offset + t of this BN (and of its conv's outputs)
+    depthwise: bool = False  # conv has groups == channels: remove its input channel offset + t as well
+
+
+@dataclass
+class ChannelGroup:
+    """Channels 0..channels-1 of a group: each one is removed from every member and every consumer, or kept."""
+
+    members: list[Member]
+    consumers: list[tuple[str, int]]  # (Conv2d name, input-channel offset): group channel t is input offset + t
+    channels: int
+    residual: bool = False  # tied by a residual add
+
+    @property
+    def bns(self) -> list[str]:
+        return list(dict.fromkeys(m.bn for m in self.members))
+
+    @property
+    def convs(self) -> list[str]:
+        return list(dict.fromkeys(m.conv for m in self.members))
+
+
+@dataclass
+class GroupAnalysis:
+    groups: list[ChannelGroup]  # every prunable group, residual ones included
+    unprunable: dict[str, str]  # BN name -> why (some of) its channels may not be removed
+
+
+def _signature(flow: ChannelFlow, elements: list[int]) -> tuple[int, tuple]:
+    """(base channel, structure relative to it): channels with equal structures and adjacent bases align."""
+    members = sorted(flow.owner[e] for e in elements)
+    base = members[0][1]
+    reads = sorted(r for e in elements for r in flow.reads[e])
+    key = (tuple((bn, i - base) for bn, i in members), tuple((c, p - base) for c, p in reads))
+    return base, key
+
+
+def _runs(bases: list[int]) -> list[tuple[int, int]]:
+    """Sorted bases split into (start, length) runs of consecutive integers."""
+    runs: list[tuple[int, int]] = []
+    for b in sorted(bases):
+        if runs and runs[-1][0] + runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((b, 1))
+    return runs
+
+
+def make_groups(flow: ChannelFlow, order: dict[str, int]) -> list[ChannelGroup]:
+    """Gather the flow's unpinned channel classes into aligned groups, sorted by `order` (module name -> rank)."""
+    by_key: dict[tuple, list[int]] = {}
+    for root, elements in flow.classes().items():
+        if root in flow.pinned:
+            continue
+        base, key = _signature(flow, elements)
+        by_key.setdefault((key, root in flow.residual), []).append(base)
+    groups = []
+    for ((members, reads), residual), bases in by_key.items():
+        for start, n in _runs(bases):
+            mem = sorted({Member(bn, flow.producer[bn], start + i, bn in flow.depthwise) for bn, i in members},
+                         key=lambda m: (order[m.bn], m.offset))
+            cons = sorted({(c, start + p) for c, p in reads}, key=lambda r: (order[r[0]], r[1]))
+            groups.append(ChannelGroup(mem, cons, n, residual))
+    return sorted(groups, key=lambda g: (order[g.members[0].bn], g.members[0].offset))
 
 
 class _Tracer:

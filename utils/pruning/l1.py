@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from utils.pruning.groups import ChannelGroup
+from utils.pruning.graph import ChannelGroup
 
 
 def filter_norms(model: nn.Module, groups: list[ChannelGroup]) -> list[torch.Tensor]:

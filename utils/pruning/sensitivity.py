@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.pruning.eagleeye import keep_top
-from utils.pruning.groups import ChannelGroup
+from utils.pruning.graph import ChannelGroup
+from utils.pruning.selection import keep_top
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import recalibrate_bn
 
@@ -70,13 +70,25 @@ def kept_width(channels: int, ratio: float, min_channels: int = 1, round_to: int
     return min(math.ceil(k / round_to) * round_to, channels)
 
 
+@dataclass(frozen=True)
+class Cuts:
+    """The shares of a layer the analysis removes, and the rules every cut width obeys."""
+
+    ratios: Sequence[float] = RATIOS
+    min_channels: int = 1
+    round_to: int = 1
+
+    def kept(self, channels: int, ratio: float) -> int:
+        return kept_width(channels, ratio, self.min_channels, self.round_to)
+
+
 def layer_name(group: ChannelGroup) -> str:
     return group.bns[0].removesuffix(".bn")
 
 
 def analyze(model: nn.Module, groups: list[ChannelGroup], scores: Sequence[torch.Tensor],
-            calib: Sequence[torch.Tensor], score: Callable[[nn.Module], float], ratios: Sequence[float] = RATIOS,
-            min_channels: int = 1, round_to: int = 1) -> tuple[float, list[Curve]]:
+            calib: Sequence[torch.Tensor], score: Callable[[nn.Module], float],
+            cuts: Cuts = Cuts()) -> tuple[float, list[Curve]]:
     """The mAP50 analysis: (mAP50 of the model as it is, one curve per group). `scores`: channel importance within
     each group (the highest are kept); `calib`: image batches for adaptive BN; `score`: a model -> mAP50 on held-out
     images."""
@@ -85,32 +97,32 @@ def analyze(model: nn.Module, groups: list[ChannelGroup], scores: Sequence[torch
         return score(sub)
 
     base = score(model)
-    return base, _curves(model, groups, scores, evaluate, base, "mAP50", ratios, min_channels, round_to)
+    return base, _curves(model, groups, scores, evaluate, base, "mAP50", cuts)
 
 
 @torch.no_grad()
 def analyze_loss(model: nn.Module, groups: list[ChannelGroup], scores: Sequence[torch.Tensor],
                  calib: Sequence[torch.Tensor], held: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                 loss: Callable[[object, torch.Tensor], torch.Tensor], ratios: Sequence[float] = RATIOS,
-                 min_channels: int = 1, round_to: int = 1) -> tuple[float, list[Curve]]:
+                 loss: Callable[[object, torch.Tensor], torch.Tensor],
+                 cuts: Cuts = Cuts()) -> tuple[float, list[Curve]]:
     """The loss analysis: (held-out loss per image of the unpruned model after adaptive BN on `calib`, one curve per
     group). `held`: (images in 0..1, targets) batches; `loss`: (model output, targets) -> the batch's summed loss
     (SearchData.loss of `model`: a sub-net keeps the anchors and strides it reads)."""
     scorer = SuffixLoss(model, calib, held, loss)
-    return scorer.base, _curves(model, groups, scores, scorer, scorer.base, "loss", ratios, min_channels, round_to)
+    return scorer.base, _curves(model, groups, scores, scorer, scorer.base, "loss", cuts)
 
 
 def _curves(model: nn.Module, groups: list[ChannelGroup], scores: Sequence[torch.Tensor],
-            evaluate: Callable[[nn.Module], float], base: float, metric: str, ratios: Sequence[float],
-            min_channels: int, round_to: int) -> list[Curve]:
+            evaluate: Callable[[nn.Module], float], base: float, metric: str, cuts: Cuts) -> list[Curve]:
     """Each group cut alone at each ratio and `evaluate`d. A ratio that keeps as many channels as the previous one
     reuses its score instead of evaluating again."""
     curves = []
+    ratios = cuts.ratios
     bar = tqdm(total=len(groups) * len(ratios), desc=f"sensitivity ({metric})", bar_format="{l_bar}{bar:10}{r_bar}")
     for k, g in enumerate(groups):
         c = Curve(k, layer_name(g), g.channels, list(ratios), [], [], metric)
         for r in ratios:
-            n = kept_width(g.channels, r, min_channels, round_to)
+            n = cuts.kept(g.channels, r)
             if c.kept and n == c.kept[-1]:
                 s = c.scores[-1]
             elif n == g.channels:

@@ -27,8 +27,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from utils.pruning.graph import build_groups, probe_size
-from utils.pruning.groups import ChannelGroup
+from utils.pruning.graph import ChannelGroup, build_groups, probe_size
 
 __all__ = ["prune_channels", "removed_channels", "soft_prune"]
 

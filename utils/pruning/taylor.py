@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.pruning.groups import ChannelGroup
+from utils.pruning.graph import ChannelGroup
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (float, 0..1) and targets (image, class, x, y, w, h)
 

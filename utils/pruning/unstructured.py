@@ -1,18 +1,16 @@
 """Unstructured pruning: the smallest conv weights of the whole model set to zero (one global L1 magnitude ranking,
 torch.nn.utils.prune), made permanent. The architecture is unchanged, so the file does not shrink unless compressed
 and dense kernels do not run faster: zeros are multiplied like any other number. It shows how much of a network is
-redundant, and feeds sparse-kernel runtimes. `KeepZeros` keeps the zeros through finetune.py.
+redundant, and feeds sparse-kernel runtimes. `KeepZeros` (utils/hooks/keep_zeros.py) keeps the zeros through
+finetune.py.
 """
 
 from __future__ import annotations
 
 from copy import deepcopy
 
-import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
-
-from utils.engine import Hook, TrainState
 
 
 def conv_weights(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -42,21 +40,3 @@ def prune_weights(model: nn.Module, percent: float) -> nn.Module:
             tprune.remove(m, name)  # weight = weight_orig * mask, the reparametrisation dropped
     return out
 
-
-class KeepZeros(Hook):
-    """Re-applies the zero pattern of the model's conv weights after every optimizer step, so unstructured sparsity
-    survives fine-tuning (momentum and weight decay would otherwise revive the zeros). The EMA, which averages the
-    masked weights, keeps them zero too."""
-
-    def __init__(self):
-        self.masks: dict[str, torch.Tensor] = {}
-
-    def on_train_start(self, state: TrainState) -> None:
-        self.masks = {n: m.weight.detach() != 0 for n, m in conv_weights(state.bare).items()
-                      if bool((m.weight == 0).any())}
-
-    @torch.no_grad()
-    def after_step(self, state: TrainState) -> None:
-        convs = conv_weights(state.bare)
-        for n, mask in self.masks.items():
-            convs[n].weight.mul_(mask)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from models.common import SPP, SPPF, Bottleneck, C3, C3Ghost, Conv, DWConv, Focus, GhostBottleneck, GhostConv
-from models.yolo import Detect
-from utils.files import atomic_write
+from models.yolo import Detect, DetectionModel
+from utils.files import atomic_write, yaml_load
+from utils.pruning.graph import probe_size
+from utils.torch_utils import count_params
 
-__all__ = ["model_yaml", "yaml_text", "save_model_yaml"]
+__all__ = ["check_rebuild", "model_yaml", "yaml_text", "save_model_yaml"]
 
 _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")  # strings yaml reads back as the same string without quotes
 _YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
@@ -137,3 +140,17 @@ def yaml_text(d: dict, header: str = "", notes: list[str] | None = None) -> str:
 def save_model_yaml(path: str | Path, d: dict, header: str = "", notes: list[str] | None = None) -> None:
     text = yaml_text(d, header, notes)
     atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+@torch.no_grad()
+def check_rebuild(pruned: nn.Module, yaml_path: str | Path) -> None:
+    """The written yaml must rebuild the pruned model: same parameter count, strict state_dict load, same output."""
+    rebuilt = DetectionModel(yaml_load(yaml_path)).eval()
+    rebuilt.load_state_dict(pruned.state_dict(), strict=True)
+    if count_params(rebuilt) != count_params(pruned):
+        raise RuntimeError(f"{yaml_path} rebuilds {count_params(rebuilt):,} parameters, not {count_params(pruned):,}")
+    s = probe_size(pruned)
+    x = torch.rand(1, pruned.yaml.get("ch", 3), s, s, generator=torch.Generator().manual_seed(0))
+    a, b = pruned.eval()(x)[0], rebuilt(x)[0]
+    if not torch.allclose(a, b, atol=1e-5, rtol=1e-5):
+        raise RuntimeError(f"{yaml_path}: the rebuilt model's output differs by {(a - b).abs().max():.3g}")

@@ -8,6 +8,8 @@ catch up. Recomputing them on a few batches (adaptive BN) before validation show
 
 from __future__ import annotations
 
+import argparse
+
 from utils.engine import Hook, TrainState
 from utils.torch_utils import recalibrate_bn
 
@@ -17,6 +19,11 @@ class BNRecalibration(Hook):
 
     def __init__(self, batches: int = 8):
         self.batches = batches
+
+    @classmethod
+    def from_opt(cls, opt: argparse.Namespace) -> BNRecalibration | None:
+        """--bn-recal N of finetune.py; None when it is 0 or unset."""
+        return cls(opt.bn_recal) if getattr(opt, "bn_recal", 0) else None
 
     def on_epoch_end(self, state: TrainState) -> None:
         if state.ema is None or self.batches < 1 or state.loader is None:

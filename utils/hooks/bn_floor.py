@@ -1,24 +1,19 @@
 """Lift tiny BatchNorm input variances before fine-tuning, without changing what the model computes.
 
-Sparse training leaves many convolutions whose outputs barely vary (half their inputs are constants once gammas
-collapse): on coco128 a 50%-pruned sparse yolov5n has a median BN running variance of 0.013 against 0.077 in the
-official yolov5n, and gamma / std up to 83 against 24. A conv followed by BN is scale-invariant, so its effective
-learning rate grows as its weights shrink: fine-tuning such a model at the usual lr first throws it off (coco128
-mAP50 0.40 -> 0.13 within 4 epochs at lr0 0.002, whereas training only the Detect layer does not dip at all).
+Sparse training leaves convolutions whose outputs barely vary; behind a BN such a conv is scale-invariant, so its
+effective learning rate grows as its weights shrink and fine-tuning at the usual lr first throws the model off.
 
 For each Conv2d (no bias) -> BatchNorm2d pair and each output channel c whose running variance v is below `floor`,
 scale the conv's filter by s = sqrt(floor / v) and the BN's running statistics to match (mean * s, var * s^2), and
 multiply gamma by sqrt(s^2 v + eps) / (s sqrt(v + eps)), which undoes the change of the eps term. In eval mode the
 output is unchanged; in training the lifted channels are normalised by their own statistics again and take steps
-of the usual relative size.
-
-Measured on that model (coco128, 640, batch 8, no warm-up): at lr0 0.002 the lift keeps mAP50 at 0.36-0.40 through
-the first epochs instead of falling to 0.13, but 30 epochs end at 0.431 against 0.445 without it (the lifted channels
-also learn more slowly); at lr0 0.01 it holds 0.27-0.40 where the unlifted model falls to 0.004, yet ends at 0.465
-against 0.493. So finetune.py leaves it off unless asked.
+of the usual relative size. It trades the first epochs' dip for slower learning (docs/findings.md, "Lifting tiny
+variances"), so finetune.py leaves it off unless asked (`--bn-floor`).
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 import torch.nn as nn
@@ -76,6 +71,11 @@ class BNVarianceFloor(Hook):
 
     def __init__(self, floor: float):
         self.floor = floor
+
+    @classmethod
+    def from_opt(cls, opt: argparse.Namespace) -> BNVarianceFloor | None:
+        """finetune.py's --bn-floor; None when it is 0 (or a resumed run's saved options predate it)."""
+        return cls(opt.bn_floor) if getattr(opt, "bn_floor", 0) > 0 else None
 
     def on_train_start(self, state: TrainState) -> None:
         if state.epoch > 0:  # a resumed run was lifted when it started

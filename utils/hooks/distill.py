@@ -56,6 +56,11 @@ class Distillation(Hook):
         self.gains = (1.0, 1.0, 1.0)
         self.sum, self.n = 0.0, 0
 
+    @classmethod
+    def from_opt(cls, opt: argparse.Namespace) -> Distillation | None:
+        """--teacher and --kd (add_teacher_args); None when no teacher is named."""
+        return cls(load_model(opt.teacher), opt.kd) if getattr(opt, "teacher", "") else None
+
     def on_train_start(self, state: TrainState) -> None:
         s, t = state.bare.model[-1], self.teacher.model[-1]
         if (s.nc, s.na, s.nl) != (t.nc, t.na, t.nl) or not torch.allclose(s.anchors.cpu(), t.anchors.float().cpu()):
@@ -85,7 +90,3 @@ def add_teacher_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--teacher", type=str, default="", help=f"checkpoint to distil from ({what})")
     p.add_argument("--kd", type=float, default=1.0, help="weight of the distillation loss")
 
-
-def teacher_hooks(opt: argparse.Namespace) -> list[Hook]:
-    """The Distillation hook when the resolved options (a resumed run's saved ones) name a teacher."""
-    return [Distillation(load_model(opt.teacher), opt.kd)] if getattr(opt, "teacher", "") else []

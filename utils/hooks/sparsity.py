@@ -1,36 +1,25 @@
 """Sparse training for network slimming: an L1 penalty on the BatchNorm weights (gamma) of prunable channels.
 
-The penalty is added to the gradients after backward (and after AMP unscaling): grad(gamma) += sr * sign(gamma).
-With SGD and momentum m, a constant gradient g moves a weight by about lr * g / (1 - m) per optimizer step, so the
-penalty alone can shrink a gamma by at most sum(lr * sr) / (1 - m) over the run: the "budget" printed at the start.
-If that is small beside the gammas themselves (a trained yolov5n's median |gamma| is about 0.9), nothing sparsifies.
+The penalty is added to the gradients after backward, AMP unscaling and clipping: grad(gamma) += sr * sign(gamma).
+With SGD and momentum m a constant gradient g moves a weight by about lr * g / (1 - m) per step, so the penalty can
+shrink a gamma by at most sum(lr * sr) / (1 - m) over the run: the "budget" printed at the start (`--shrink` sets
+sr from it). `gamma_lr` K multiplies the gammas' whole gradient, loss and penalty alike: the balance between them
+(a gamma survives where |dL/dgamma| > sr) stays where sr puts it and is reached K times sooner.
 
-A penalty strong enough to sparsify in few steps moves the weights faster than BN running statistics follow
-(momentum 0.03: an average over ~30 batches). Training-mode outputs stay fine, but eval-mode ones drift layer after
-layer: on coco128, official yolov5n, 640, sr 0.023, the EMA model fell to mAP50 0.0003 after 15 epochs and came back to
-0.66 once its BN statistics were recomputed. So at the end of every epoch the EMA model's statistics are recomputed on
-`recal_batches` training batches (adaptive BN) before it is validated and saved.
+`polarize` t > 0 adds the polarization regulariser of Zhuang et al. (NeurIPS 2020), sr * (t * |gamma| -
+|gamma - mean(gamma)|): gammas below the mean are pulled down by sr * (t + 1), those above by sr * (t - 1), so the
+channels split into a group at 0 and a group that is kept, where plain L1 lets a whole layer shrink together (the
+next BN renormalises it). The mean is taken per BN layer by default (`polarize_scope="layer"`) or over the network
+as in the paper ("global"); gamma is not clamped to [0, 1] (a trained yolov5n has gammas up to 6).
 
-Which channels survive is decided by sr against the loss: at equilibrium a gamma stays where |dL/dgamma| > sr. A
-trained yolov5n's median |dL/dgamma| is ~1.6e-4 on shapes (8 batches, upstream's fixture), so an sr that balances
-the loss is small and its budget needs thousands of steps. sr 0.028 (from --shrink 1.5 in 30 epochs) drove 98% of
-the gammas of that model below 1e-2 and mAP50 to 0. `gamma_lr` multiplies the gammas' gradients (loss and penalty
-alike: for SGD, K times their learning rate): the same balance, reached K times sooner.
-
-Plain L1 on gamma has a blind spot in a BN network: a layer's gammas can shrink together (its betas with them) at
-little cost to the loss, because the next conv's BN renormalises whatever scale reaches it. On coco128 that is what
-happened: every gamma drifted down as one (mean 0.98 -> 0.60, 0.1% below 1e-2), none polarised. `polarize` t > 0 adds
-the polarization regulariser of Zhuang et al. (NeurIPS 2020), sr * (t * |gamma| - |gamma - mean(gamma)|): a gamma
-below the mean is pulled down by sr * (t + 1), one above it by only sr * (t - 1) (pushed up when t < 1), so channels
-split into a group at 0 and a group that is kept. The paper takes the mean over all channels of the network
-(`polarize_scope="global"`). On coco128 (yolov5n, 60 epochs) that sank whole layers instead: the head's C3 blocks,
-whose gammas start below the network's mean, shrank as one (90th percentile <= 0.3) and a global 50% cut then took
-90% of their channels (mAP50 0.72 -> 0.000). The default takes the mean per BN layer, so every layer splits. The
-paper clamps gamma to [0, 1]; we do not (a trained yolov5n has gammas up to 6).
+A strong penalty moves the weights faster than BN running statistics follow, so after every epoch the EMA model's
+statistics are recomputed on `recal_batches` training batches before it is validated and saved.
+What was measured with each of these choices: docs/findings.md ("Sparse training", "BatchNorm statistics").
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from types import SimpleNamespace
 
@@ -38,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.bn_recal import BNRecalibration
 from utils.engine import Hook, TrainState
+from utils.hooks.bn_recal import BNRecalibration
 from utils.files import atomic_write
 from utils.log import LOGGER, colorstr
 from utils.pruning.collapse import collapse
@@ -49,6 +38,10 @@ from utils.pruning.groups import group_scores, safe_percent
 PREFIX = colorstr("sparsity: ")
 HIST_BINS = 80
 HISTORY = "bn_gamma.json"  # the per-epoch histogram rows behind bn_gamma.png
+# train_sparse.py's flags -> BNSparsity's arguments
+FLAGS = {"sr": "sr", "sr_schedule": "schedule", "skip_shortcut": "skip_shortcut", "shrink": "shrink",
+         "bn_recal": "recal_batches", "gamma_lr": "gamma_lr", "polarize": "polarize",
+         "polarize_scope": "polarize_scope"}
 USUAL_CUT = 0.5  # what users usually cut; the end verdict says what to change when far less is free
 
 
@@ -109,6 +102,11 @@ class BNSparsity(Hook):
         self.edges = np.zeros(0)
         self.start: dict = {}  # the whole run's median |gamma| at its start and its shrink budget
         self.record: dict = {}
+
+    @classmethod
+    def from_opt(cls, opt: argparse.Namespace) -> BNSparsity:
+        """From train_sparse.py's options; a flag that a resumed run's saved options predate keeps its default."""
+        return cls(**{arg: getattr(opt, flag) for flag, arg in FLAGS.items() if hasattr(opt, flag)})
 
     def on_train_start(self, state: TrainState) -> None:
         self.bns = prunable_bns(state.bare, self.skip_shortcut)

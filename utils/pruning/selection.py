@@ -1,0 +1,44 @@
+"""Selection: which channels of each group to keep, given one score per group channel (higher = more important).
+
+`select_channels` cuts one global ranking at a percent (slim, l1, taylor); `keep_top` keeps a given number per group
+(EagleEye's random widths, the sensitivity ratios). Both only choose indices: surgery.py removes the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def select_channels(scores: list[torch.Tensor], percent: float, min_channels: int = 1,
+                    round_to: int = 1) -> tuple[dict[int, torch.Tensor], list[int]]:
+    """Per group, the channels to keep. One global ranking of all group channels by score (ties broken by position,
+    so the share removed is exactly `percent` even where scores tie); the lowest floor(percent * n) are removed,
+    then each group is topped up by score to `min_channels` and rounded up to a multiple of `round_to` (never past
+    its size). Returns (group -> sorted kept indices, the groups that the ranking alone left below min_channels)."""
+    if not scores:
+        return {}, []
+    flat = torch.cat([s.float().flatten() for s in scores])
+    n_remove = min(math.floor(percent * flat.numel() + 1e-6), flat.numel())
+    removed = torch.zeros(flat.numel(), dtype=torch.bool)
+    removed[torch.sort(flat, stable=True).indices[:n_remove]] = True
+    keep, clamped = {}, []
+    for k, (s, gone) in enumerate(zip(scores, removed.split([s.numel() for s in scores]))):
+        n = s.numel()
+        above = int((~gone).sum())
+        need = min(max(above, min_channels, 1), n)
+        if above < min(min_channels, n):
+            clamped.append(k)
+        need = min(math.ceil(need / round_to) * round_to, n)
+        # the ranking's survivors first (a stable sort keeps its tie-break), then the best of the rest
+        order = torch.sort(s.float(), descending=True, stable=True).indices
+        keep[k] = torch.cat([order[~gone[order]], order[gone[order]]])[:need].sort().values
+    return keep, clamped
+
+
+def keep_top(scores: Sequence[torch.Tensor], kept: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Per group, the kept[k] best-scoring channels (sorted indices)."""
+    return {k: torch.sort(s, descending=True, stable=True).indices[:n].sort().values
+            for k, (s, n) in enumerate(zip(scores, kept))}
