@@ -4,6 +4,7 @@ outputs, models with spread BN weights, and the painted-scene check of the augme
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from conftest import ROOT
+import detect
+from conftest import ROOT, shared_path
 from models.yolo import DetectionModel
 from utils.checkpoint import save_checkpoint
 from utils.files import yaml_load
@@ -157,6 +159,17 @@ def _whole_objects(mask: np.ndarray, strict: bool) -> list:
     _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
     return [(x, y, bw, bh) for x, y, bw, bh, _ in stats[1:]
             if strict or not (x == 0 or y == 0 or x + bw == w or y + bh == h or min(bw, bh) <= 3)]
+
+
+def assert_detects_like(pt: Path, exported: str | Path, tmp_path: Path, at_least: int = 4) -> None:
+    """detect.py with an exported model (--dynamic, 320) on 4 shapes val images finds what it finds with the .pt."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((shared_path("datasets", "shapes") / "images" / "val").glob("*.jpg"))[:4]:
+        shutil.copy(p, images)
+    det = ["--source", str(images), "--imgsz", "320", "--nosave", "--project", str(tmp_path / "d")]
+    assert_same_detections(detect.main(["--weights", str(pt), *det]), detect.main(["--weights", str(exported), *det]),
+                           at_least)
 
 
 def assert_same_detections(ra: dict, rb: dict, at_least: int = 1) -> None:

@@ -12,11 +12,10 @@ import onnxruntime as ort  # a requirement (requirements.txt): a missing one is 
 import pytest
 import torch
 
-import detect
 import export
 import val
 from conftest import assert_one_line_error, make_dataset, run_script, shared_path
-from helpers import assert_same_detections, spread_gammas
+from helpers import assert_detects_like, spread_gammas
 from models.yolo import DetectionModel
 from utils.checkpoint import load_model, save_checkpoint
 from utils.errors import UserError
@@ -154,13 +153,7 @@ def test_val_and_detect_on_a_dynamic_export_match_pytorch(tmp_path, shapes_yaml)
     for k in ("P", "R", "mAP50", "mAP50-95"):
         assert a[k] == pytest.approx(b[k], abs=2e-3), k
     assert a["params"] == b["params"]
-    images = tmp_path / "images"
-    images.mkdir()
-    for p in sorted((shared_path("datasets", "shapes") / "images" / "val").glob("*.jpg"))[:4]:
-        shutil.copy(p, images)
-    det = ["--source", str(images), "--imgsz", "320", "--nosave", "--project", str(tmp_path / "d")]
-    ra, rb = detect.main(["--weights", str(w), *det]), detect.main(["--weights", f, *det])
-    assert_same_detections(ra, rb, at_least=4)
+    assert_detects_like(w, f, tmp_path)
 
 
 def test_fixed_export_in_val_uses_batch_1_square(n_ckpt, tmp_path, log_lines):

@@ -12,11 +12,10 @@ import pytest
 import torch
 import yaml
 
-import detect
 import export
 import val
 from conftest import assert_one_line_error, make_dataset, run_script, shared_path
-from helpers import assert_same_detections
+from helpers import assert_detects_like
 from models.yolo import DetectionModel
 from utils.checkpoint import load_model, save_checkpoint
 from utils.errors import UserError
@@ -129,13 +128,7 @@ def test_int8_leaves_decode_float_and_keeps_map(tmp_path, shapes_yaml):
 def test_detect_on_an_ir_folder_matches_pytorch(tmp_path):
     w = Path(shutil.copy(shared_path("fixtures", "upstream-yolov5n-shapes.pt"), tmp_path / "s.pt"))
     d = export.main(["--weights", str(w), "--include", "openvino", "--imgsz", "320", "--dynamic"])[0]["openvino"]
-    images = tmp_path / "images"
-    images.mkdir()
-    for p in sorted((shared_path("datasets", "shapes") / "images" / "val").glob("*.jpg"))[:4]:
-        shutil.copy(p, images)
-    det = ["--source", str(images), "--imgsz", "320", "--nosave", "--project", str(tmp_path / "d")]
-    ra, rb = detect.main(["--weights", str(w), *det]), detect.main(["--weights", d, *det])
-    assert_same_detections(ra, rb, at_least=4)
+    assert_detects_like(w, d, tmp_path)
 
 
 def test_bad_input_is_one_line(tmp_path, n_ckpt):
