@@ -129,8 +129,9 @@ def check_saved_opt(d: Path, argv: list[str]) -> None:
     saved = yaml_load(d / "opt.yaml")
     for flag, given in _what(argv):
         key = flag[2:].replace("-", "_")
-        if key in ("project", "name", "exist_ok") or (key == "weights" and saved.get("resume")):
-            continue  # where it is, not what it is; a resumed run saves its last.pt as --weights
+        if key in ("project", "name", "exist_ok") or (key in ("weights", "cfg") and saved.get("resume")):
+            continue  # where it is, not what it is; a resumed run saves its last.pt as --weights and --cfg ''
+
         if key == "hyp":  # opt.yaml keeps no hyp: hyp.yaml has its values
             same = yaml_load(d / "hyp.yaml") == yaml_load(given)
         else:

@@ -159,6 +159,12 @@ def test_stage_cache_resume_and_other_arguments(tmp_path):
     assert calls[-1] == ["--resume", str(run / "weights" / "last.pt"), "--workers", "0"]
     assert json.loads((run / "stage.json").read_text())["argv"] == argv
 
+    again = p.dir / "again"  # resumed once already: its opt.yaml holds --cfg '' and last.pt as --weights
+    yaml_save(again / "opt.yaml", {"cfg": "", "weights": str(again / "weights" / "last.pt"), "resume": True})
+    save_checkpoint({"model": nn.Conv2d(1, 1, 1), "optimizer": {"state": {}}, "epoch": 2}, again / "weights" / "last.pt")
+    p.stage("train.py", _fake_stage(calls), ["--cfg", "m.yaml", "--weights", "", *out, "again"], epochs=3)
+    assert calls[-1] == ["--resume", str(again / "weights" / "last.pt")]
+
 
 def test_tp_pruned_model_is_a_normal_checkpoint(tmp_path, one_thread):
     """Torch-Pruning's cut lands at the GFLOPs target, rebuilds from its yaml, evaluates in val.py and exports to an
