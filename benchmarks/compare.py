@@ -47,12 +47,12 @@ import train  # noqa: E402
 import train_sparse  # noqa: E402
 import val  # noqa: E402
 from models.yolo import DetectionModel, find_model_yaml  # noqa: E402
-from slim_pipeline import Pipeline, add_run_args, epochs_run  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.files import atomic_write, yaml_load  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
 from utils.pruning.yaml_writer import yaml_text  # noqa: E402
+from utils.stages import Pipeline, add_run_args, epochs_run  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
 PREFIX = colorstr("compare: ")

@@ -1,5 +1,5 @@
-"""benchmarks/compare.py (the held-out benchmark harness), benchmarks/tp_prune.py and the stage cache of
-benchmarks/slim_pipeline.py's Pipeline, on tiny data and a yolov5n at 64 px."""
+"""benchmarks/compare.py (the held-out benchmark harness) and benchmarks/tp_prune.py, on tiny data and a yolov5n at
+64 px."""
 
 from __future__ import annotations
 
@@ -14,19 +14,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from conftest import ROOT, make_dataset, shared_path
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import compare  # noqa: E402
-import slim_pipeline  # noqa: E402
 import tp_prune  # noqa: E402
 
 from models.yolo import DetectionModel  # noqa: E402
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.files import yaml_load, yaml_save  # noqa: E402
+from utils.files import yaml_load  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
 KEYS = {"method", "target_gflops", "weights", "P", "R", "mAP50", "mAP50-95", "params", "GFLOPs", "ms_pt", "ms_ort",
@@ -125,45 +122,6 @@ def test_other_arguments_of_a_finished_stage_stop_with_one_line(bench, capsys):
     assert "slim-0.5/finetune was run with other arguments (--epochs '1', now '2')" in err[0]
     assert "another --name" in err[0]
     assert {f: f.stat().st_mtime_ns for f in d.rglob("stage.json")} == stamps
-
-
-def _fake_stage(calls: list):
-    def main(argv):
-        calls.append(argv)
-        return {"weights": "w.pt", "argv": argv}
-    return main
-
-
-def test_stage_cache_resume_and_other_arguments(tmp_path):
-    """Pipeline.stage without training: cached when the argv matches (--workers/--device aside), one line when it
-    does not, and an interrupted training run (last.pt with an optimizer) resumed after a check of its opt.yaml."""
-    p = slim_pipeline.Pipeline(Namespace(project=str(tmp_path), name="x", exist_ok=True))
-    calls: list = []
-    out = ["--project", str(p.dir), "--name"]
-    p.plan = {"a": 0, "run": 3}
-    first = p.stage("s.py", _fake_stage(calls), ["--epochs", "3", *out, "a", "--workers", "8"])
-    assert p.stage("s.py", _fake_stage(calls), ["--epochs", "3", *out, "a", "--workers", "0"]) == first
-    assert len(calls) == 1 and json.loads((p.dir / "a" / "stage.json").read_text())["record"] == first
-    with pytest.raises(UserError, match=r"x/a was run with other arguments \(--epochs '3', now '4'\)"):
-        p.stage("s.py", _fake_stage(calls), ["--epochs", "4", *out, "a"])
-
-    run = p.dir / "run"
-    hyp = ROOT / "data" / "hyps" / "hyp.small.yaml"
-    yaml_save(run / "opt.yaml", {"epochs": 3, "hyp": None, "seed": 0, "resume": False, "exist_ok": True})
-    yaml_save(run / "hyp.yaml", yaml_load(hyp))
-    save_checkpoint({"model": nn.Conv2d(1, 1, 1), "optimizer": {"state": {}}, "epoch": 1}, run / "weights" / "last.pt")
-    argv = ["--epochs", "3", "--hyp", str(hyp), "--seed", "0", *out, "run", "--exist-ok", "--workers", "0"]
-    with pytest.raises(UserError, match="holds a training run with --seed 0, not '1'"):
-        p.stage("train.py", _fake_stage(calls), [*argv[:5], "1", *argv[6:]])
-    p.stage("train.py", _fake_stage(calls), argv, epochs=3)
-    assert calls[-1] == ["--resume", str(run / "weights" / "last.pt"), "--workers", "0"]
-    assert json.loads((run / "stage.json").read_text())["argv"] == argv
-
-    again = p.dir / "again"  # resumed once already: its opt.yaml holds --cfg '' and last.pt as --weights
-    yaml_save(again / "opt.yaml", {"cfg": "", "weights": str(again / "weights" / "last.pt"), "resume": True})
-    save_checkpoint({"model": nn.Conv2d(1, 1, 1), "optimizer": {"state": {}}, "epoch": 2}, again / "weights" / "last.pt")
-    p.stage("train.py", _fake_stage(calls), ["--cfg", "m.yaml", "--weights", "", *out, "again"], epochs=3)
-    assert calls[-1] == ["--resume", str(again / "weights" / "last.pt")]
 
 
 def test_tp_pruned_model_is_a_normal_checkpoint(tmp_path, one_thread):

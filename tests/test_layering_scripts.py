@@ -1,4 +1,5 @@
-"""Thin CLIs over a library: no top-level script imports another, and nothing in utils/ or models/ imports one."""
+"""Thin CLIs over a library: no top-level script imports another, and nothing in utils/ or models/ imports one.
+slim.py is the one pipeline: it runs the scripts as its stages, and no script imports it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ("train", "val", "detect", "export", "prune", "train_sparse", "finetune")
+PIPELINES = ("slim",)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -26,16 +28,21 @@ def imported_modules(path: Path) -> set[str]:
 
 def script_imports(path: Path) -> list[str]:
     """The top-level scripts (or their members: `train.x`) that the file imports."""
-    return sorted(m for m in imported_modules(path) if m.split(".")[0] in SCRIPTS)
+    return sorted(m for m in imported_modules(path) if m.split(".")[0] in SCRIPTS + PIPELINES)
 
 
 def test_the_scripts_exist():
-    assert all((ROOT / f"{s}.py").is_file() for s in SCRIPTS)
+    assert all((ROOT / f"{s}.py").is_file() for s in SCRIPTS + PIPELINES)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_no_script_imports_another_script(script):
     assert script_imports(ROOT / f"{script}.py") == []
+
+
+def test_the_pipeline_imports_scripts_only():
+    """slim.py's stages are the scripts' main(argv); it imports no other pipeline."""
+    assert script_imports(ROOT / "slim.py") == ["finetune", "prune", "train", "train_sparse", "val"]
 
 
 def test_library_imports_no_script():
