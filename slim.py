@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml", help="hyp of fine-tuning")
     p.add_argument("--kd", action="store_true", help="also finetune with the base model as teacher, for comparison")
-    p.add_argument("--noval", action="store_true", help="sparse training and fine-tuning validate only at the end")
+    p.add_argument("--noval", action="store_true", help="every training stage validates only at its end")
     add_run_args(p, ROOT / "runs/slim")
     return p
 
@@ -138,8 +138,8 @@ class SlimPipeline(Pipeline):
         start = ["--weights", o.pretrained] if o.pretrained else ["--cfg", o.cfg, "--weights", ""]
         return self.stage("train.py", train.main, [
             *start, "--epochs", str(o.epochs), *(["--patience", str(o.patience)] if o.patience else []),
-            "--optimizer", o.base_optimizer, "--hyp", o.base_hyp, *self.common(), "--project", str(self.dir),
-            "--name", "base"], epochs=o.epochs)["weights"]
+            "--optimizer", o.base_optimizer, "--hyp", o.base_hyp, *self.noval(), *self.common(), "--project",
+            str(self.dir), "--name", "base"], epochs=o.epochs)["weights"]
 
     def sparse_train(self, base: str) -> str:
         o = self.opt
