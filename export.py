@@ -91,12 +91,13 @@ def export_weights(w: Path, opt: argparse.Namespace, dst: Path | None = None) ->
     include = formats(opt)
     f = Path(dst) if dst else w.with_suffix(".onnx")
     with tempfile.TemporaryDirectory() as tmp:  # without onnx in --include, the ONNX file is only the IR's source
-        return _export(w, opt, model, imgsz, meta, images, f if "onnx" in include else Path(tmp) / f.name, f)
+        return _export(w, opt, include, model, imgsz, meta, images, f if "onnx" in include else Path(tmp) / f.name,
+                       f)
 
 
-def _export(w: Path, opt: argparse.Namespace, model, imgsz, meta: dict, images, f: Path, named: Path) -> dict:
+def _export(w: Path, opt: argparse.Namespace, include: set[str], model, imgsz, meta: dict, images, f: Path,
+            named: Path) -> dict:
     """ONNX file f (checked, int8 beside it with --int8), then the OpenVINO folders named after `named`."""
-    include = formats(opt)
     LOGGER.info(f"\n{PREFIX}exporting {w} with torch {torch.__version__}, opset {opt.opset}"
                 f"{', dynamic axes' if opt.dynamic else ''}...")
     export_onnx(model, f, imgsz, opt.dynamic, opt.opset, meta)

@@ -20,7 +20,7 @@ from conftest import ROOT, shared_path
 from models.yolo import DetectionModel
 from utils.checkpoint import save_checkpoint
 from utils.files import yaml_load
-from utils.torch_utils import count_params
+from utils.torch_utils import count_params, spread_bn
 
 # --- training runs -----------------------------------------------------------------------------------------------
 
@@ -74,17 +74,8 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 # --- models ------------------------------------------------------------------------------------------------------
 
 def spread_gammas(m: nn.Module, seed: int = 0) -> nn.Module:
-    """Gammas spread over [0, 1.5) with 30% of them zero (as after sparse training), betas, running means and
-    variances away from their defaults (the fold checks need that); the model in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            n = bn.num_features
-            bn.weight.data = torch.rand(n, generator=g) * 1.5 * (torch.rand(n, generator=g) > 0.3)
-            bn.bias.data = torch.randn(n, generator=g) * 0.3
-            bn.running_mean = torch.randn(n, generator=g) * 0.1
-            bn.running_var = torch.rand(n, generator=g) + 0.5
-    return m.eval()
+    """utils.torch_utils.spread_bn with running statistics (the fold checks need them); the model in eval mode."""
+    return spread_bn(m, seed, running_stats=True).eval()
 
 
 def raw_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

@@ -127,3 +127,19 @@ def recalibrate_bn(model: nn.Module, batches) -> int:
         for m, training in modes:
             m.training = training
     return len(batches)
+
+
+def spread_bn(m: nn.Module, seed: int = 0, running_stats: bool = False) -> nn.Module:
+    """Give m's BatchNorm layers the look of a sparse-trained model, for benchmarks and tests: gammas spread over
+    [0, 1.5) with 30% of them zero, betas away from 0; with running_stats, running means and variances away from
+    their defaults too (what a check of BN folding needs)."""
+    g = torch.Generator().manual_seed(seed)
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            n = bn.num_features
+            bn.weight.data = torch.rand(n, generator=g) * 1.5 * (torch.rand(n, generator=g) > 0.3)
+            bn.bias.data = torch.randn(n, generator=g) * 0.3
+            if running_stats:
+                bn.running_mean = torch.randn(n, generator=g) * 0.1
+                bn.running_var = torch.rand(n, generator=g) + 0.5
+    return m
