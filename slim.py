@@ -157,9 +157,8 @@ class SlimPipeline(Pipeline):
         cut = ["--flops-target", f"{o.flops_target:g}"] if o.flops_target else ["--percent", f"{o.percent}"]
         rec = self.stage("prune.py", prune.main, [
             "--weights", weights, "--method", o.method, *cut, *(["--skip-shortcut"] if o.skip_shortcut else []),
-            *(["--round", str(o.round)] if o.round > 1 else []), "--data", o.data, "--imgsz", str(o.imgsz),
-            "--batch-size", str(o.batch_size), "--workers", str(o.workers), "--device", o.device, "--seed",
-            str(o.seed), "--project", str(self.dir), "--name", "prune", "--exist-ok"])
+            *(["--round", str(o.round)] if o.round > 1 else []), *self.common(), "--project", str(self.dir),
+            "--name", "prune"])
         return str(Path(rec["save_dir"]) / "pruned.pt")
 
     def summarise(self, labels: list[str], records: list[dict]) -> dict:
