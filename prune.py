@@ -8,6 +8,7 @@
     python prune.py --weights last.pt --method layer+slim --layers 2 --percent 0.4
     python prune.py --weights best.pt --method unstructured --percent 0.7     # zeros, same shapes
     python prune.py --weights best.pt --method taylor --percent 0.4 --data data/coco128.yaml
+    python prune.py --weights best.pt --method taylor --flops-target 0.5 --allocation uniform --data data/bccd.yaml
     python prune.py --weights best.pt --sensitivity --data data/coco128.yaml  # analysis only: sensitivity.csv/png
     python prune.py --weights best.pt --method sensitivity --max-drop 0.02 --data data/coco128.yaml
 
@@ -50,6 +51,7 @@ from utils.pruning.collapse import Collapse, cut_warning
 from utils.pruning.data import SearchData, first_batches, yolo_loss
 from utils.pruning.graph import build_groups
 from utils.pruning.methods import METHODS, Method, PruneResult, PruneSettings
+from utils.pruning.methods.channels import ALLOCATIONS
 from utils.pruning.methods.sensitivity import Sensitivity
 from utils.pruning.pruner import prune_model
 from utils.pruning.report import EVAL_KEYS, decision, model_figures, plot_channels, write_report
@@ -173,6 +175,10 @@ def settings_from(opt: argparse.Namespace) -> tuple[Method, PruneSettings]:
             Sensitivity.from_flags(vars(opt)).check_ratios()
     except ValueError as e:
         raise UserError(str(e)) from None
+    if opt.allocation != "global" and not method.ranked:
+        ranked = ", ".join(name for name, cls in METHODS.items() if cls.ranked)
+        raise UserError(f"--allocation {opt.allocation} applies to the ranked methods ({ranked}); --method "
+                        f"{opt.method} decides each layer's width itself")
     if opt.sensitivity and opt.method != DEFAULT_METHOD:
         raise UserError("--sensitivity analyses the model and prunes nothing; for pruning by it use "
                         "--method sensitivity --max-drop X")
@@ -191,7 +197,7 @@ def flag_record(opt: argparse.Namespace) -> dict:
             "min_channels": opt.min_channels, "round_to": opt.round, "group_score": opt.group_score,
             "flops_target": opt.flops_target, "layers": opt.layers, "candidates": opt.candidates,
             "calib_batches": opt.calib_batches, "seed": opt.seed, "imgsz": opt.imgsz, "max_drop": opt.max_drop,
-            "ratios": tuple(opt.ratios), "adaptive_bn": opt.adaptive_bn, "auto": auto}
+            "ratios": tuple(opt.ratios), "adaptive_bn": opt.adaptive_bn, "auto": auto, "allocation": opt.allocation}
 
 
 def command(method: Method, s: PruneSettings) -> str:
@@ -371,6 +377,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-shortcut", action="store_true", help="leave channels tied by residual adds unpruned")
     p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a layer")
     p.add_argument("--round", type=int, default=1, help="round each kept width up to a multiple of this (8 for GPUs)")
+    p.add_argument("--allocation", default="global", choices=ALLOCATIONS,
+                   help="slim, l1, taylor: global = one ranking over all layers; uniform = one share of each layer")
     p.add_argument("--group-score", default="max", choices=("max", "mean"),
                    help="score of a channel shared by several BNs (a residual group): max or mean of their |gamma|")
     p.add_argument("--data", type=str, default="", help="dataset yaml: evaluate before and after pruning")

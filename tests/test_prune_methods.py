@@ -22,6 +22,7 @@ from utils.pruning.l1 import filter_norms, l1_scores
 from utils.pruning.layer import residual_blocks
 from utils.pruning.methods import create
 from utils.pruning.pruner import PruneSettings, prune_model
+from utils.pruning.selection import kept_width
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import count_params, model_flops
 
@@ -56,6 +57,28 @@ def test_flops_target_is_met(n_model, method):
     assert 0.48 <= ratio <= 0.5 + 1e-3  # the smallest percent at or under the target
     assert_no_empty_layer(res.model)
     assert_rebuilds(res.model)
+
+
+def test_uniform_allocation_cuts_every_group_by_one_share(tmp_path, n_model):
+    """--allocation uniform: every group keeps its own best channels, the same share of each, at the FLOPs target;
+    the global ranking of the same scores gives the groups different shares."""
+    groups = build_groups(n_model)
+    scores = l1_scores(n_model, groups)
+    res = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320), method=create("l1", allocation="uniform"))
+    assert 0.48 <= model_flops(res.model, 320) / model_flops(n_model, 320) <= 0.5 + 1e-3
+    share = res.details["percent_used"]
+    for k, g in enumerate(res.groups):
+        assert len(res.keep[k]) == kept_width(g.channels, share)
+        assert res.keep[k].tolist() == scores[k].topk(len(res.keep[k])).indices.sort().values.tolist()
+    assert_rebuilds(res.model)
+    glob = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320), method="l1")
+    assert len({round(len(glob.keep[k]) / g.channels, 2) for k, g in enumerate(glob.groups)}) > 5
+    w = save_model(n_model, tmp_path / "n.pt")
+    rec = prune.main(["--weights", str(w), "--method", "l1", "--percent", "0.5", "--allocation", "uniform",
+                      "--imgsz", "64", "--project", str(tmp_path / "p")])
+    assert rec["command"].endswith("--method l1 --percent 0.5 --allocation uniform")
+    assert [x["kept"] for x in rec["layers"]] == [kept_width(x["channels"], 0.5) for x in rec["layers"]]
+    assert "allocation uniform" in (Path(rec["save_dir"]) / "report.md").read_text()
 
 
 def test_l1_scores_are_filter_norms_over_the_group_mean(n_model):
@@ -164,6 +187,8 @@ def test_eagleeye_on_the_upstream_fixture(tmp_path, shapes_yaml):
     (["--method", "layer", "--layers", "99"], "residual bottlenecks"),
     (["--method", "unstructured", "--flops-target", "0.5"], "--flops-target"),
     (["--method", "l1", "--flops-target", "1.5"], "--flops-target"),
+    (["--method", "l1", "--percent", "auto", "--allocation", "uniform"], "--allocation global"),
+    (["--method", "eagleeye", "--flops-target", "0.5", "--allocation", "uniform"], "ranked methods"),
 ])
 def test_bad_method_settings_are_one_line(tmp_path, n_model, args, needle):
     w = save_model(n_model, tmp_path / "n.pt")

@@ -1,7 +1,8 @@
 """Selection: which channels of each group to keep, given one score per group channel (higher = more important).
 
-`select_channels` cuts one global ranking at a percent (slim, l1, taylor); `keep_top` keeps a given number per group
-(EagleEye's random widths, the sensitivity ratios). Both only choose indices: surgery.py removes the others.
+`select_channels` cuts one global ranking at a percent (slim, l1, taylor); `select_uniform` cuts every group by the
+same share (their --allocation uniform, Torch-Pruning's default); `keep_top` keeps a given number per group
+(EagleEye's random widths, the sensitivity ratios). They only choose indices: surgery.py removes the others.
 """
 
 from __future__ import annotations
@@ -42,3 +43,17 @@ def keep_top(scores: Sequence[torch.Tensor], kept: Sequence[int]) -> dict[int, t
     """Per group, the kept[k] best-scoring channels (sorted indices)."""
     return {k: torch.sort(s, descending=True, stable=True).indices[:n].sort().values
             for k, (s, n) in enumerate(zip(scores, kept))}
+
+
+def kept_width(channels: int, ratio: float, min_channels: int = 1, round_to: int = 1) -> int:
+    """Channels a group keeps when `ratio` of them are removed, at least min_channels, rounded up to round_to."""
+    k = max(math.ceil(round((1 - ratio) * channels, 6)), min_channels)
+    return min(math.ceil(k / round_to) * round_to, channels)
+
+
+def select_uniform(scores: list[torch.Tensor], ratio: float, min_channels: int = 1,
+                   round_to: int = 1) -> tuple[dict[int, torch.Tensor], list[int]]:
+    """Per group, its best-scoring channels after removing the share `ratio` of each group (kept_width), so scores
+    are compared only within a group. Returns what select_channels does; clamped: the groups min_channels topped up."""
+    clamped = [k for k, s in enumerate(scores) if kept_width(s.numel(), ratio) < min(min_channels, s.numel())]
+    return keep_top(scores, [kept_width(s.numel(), ratio, min_channels, round_to) for s in scores]), clamped

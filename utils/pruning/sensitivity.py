@@ -28,7 +28,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from utils.pruning.graph import ChannelGroup
-from utils.pruning.selection import keep_top
+from utils.pruning.selection import keep_top, kept_width
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import recalibrate_bn
 
@@ -62,12 +62,6 @@ class Curve:
 
     def drops(self, base: float) -> list[float]:
         return [drop(self.metric, base, s) for s in self.scores]
-
-
-def kept_width(channels: int, ratio: float, min_channels: int = 1, round_to: int = 1) -> int:
-    """Channels a group keeps when `ratio` of them are removed, at least min_channels, rounded up to round_to."""
-    k = max(math.ceil(round((1 - ratio) * channels, 6)), min_channels)
-    return min(math.ceil(k / round_to) * round_to, channels)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@
 importance), record the collapsed share, turn --flops-target into GFLOPs, let the method `select` what to keep and
 cut it, then count the live channels removed. `Ranked` selects by one global threshold at --percent (or the percent
 that lands on the FLOPs target, or --percent auto's): slim, l1, taylor and layer+slim differ only in their scores.
+With --allocation uniform a Ranked method removes that share of every group instead, ranking channels only within
+a group (how Torch-Pruning allocates by default), so the two choices, criterion and allocation, can be compared apart.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from utils.pruning.flops import ChannelCost
 from utils.pruning.graph import ChannelGroup, build_groups
 from utils.pruning.groups import global_threshold, safe_percent
 from utils.pruning.methods.base import Method, PruneResult, PruneSettings, finish, layer_table
-from utils.pruning.selection import select_channels
+from utils.pruning.selection import select_channels, select_uniform
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import model_flops
 
@@ -103,31 +105,60 @@ class ChannelMethod(Method):
         return ", ".join([*self.choice(s), f"{s['removed_share']:.1%} of group channels removed{safe}"])
 
 
+ALLOCATIONS = ("global", "uniform")
+
+
 @dataclass
 class Ranked(ChannelMethod):
-    """One global ranking of every group channel by `scores`, cut at a percent: the lowest-scoring go."""
+    """One global ranking of every group channel by `scores`, cut at a percent: the lowest-scoring go. With
+    allocation "uniform", every group loses that share of its own lowest-scoring channels instead."""
 
     ranked: ClassVar[bool] = True
+
+    allocation: str = "global"  # global: one ranking over every group; uniform: the same share of each group
+
+    def check(self, s: PruneSettings) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {self.allocation}")
+        if self.allocation == "uniform" and s.auto:
+            raise ValueError("--percent auto cuts the channels that collapsed in one global ranking; it needs "
+                             "--allocation global")
+        super().check(s)
+
+    def choose(self, scores: list[torch.Tensor], percent: float,
+               s: PruneSettings) -> tuple[dict[int, torch.Tensor], list[int]]:
+        """The channels to keep at `percent` by this method's allocation, and the groups clamped to min_channels."""
+        pick = select_uniform if self.allocation == "uniform" else select_channels
+        return pick(scores, percent, s.min_channels, s.round_to)
 
     def select(self, cut: Cut, s: PruneSettings, data: SearchData) -> PruneResult:
         scores = cut.scores
         if cut.cost is not None:
-            cut.details["percent_used"] = percent = percent_for_flops(scores, cut.cost, cut.target, s)
+            cut.details["percent_used"] = percent = percent_for_flops(self, scores, cut.cost, cut.target, s)
         elif s.auto:
             cut.details["percent_used"] = percent = auto_percent(cut.dead, safe_percent(scores))
         else:
             percent = s.percent
-        threshold = global_threshold(scores, percent) if scores else 0.0
-        keep, clamped = select_channels(scores, percent, s.min_channels, s.round_to)
+        uniform = self.allocation == "uniform"  # no global threshold; no group is ever emptied
+        threshold = float("nan") if uniform else global_threshold(scores, percent) if scores else 0.0
+        keep, clamped = self.choose(scores, percent, s)
         pruned = finish(prune_channels(cut.model, keep, cut.groups))
-        return PruneResult(pruned, self, s, layer_table(cut.model, pruned), threshold, safe_percent(scores),
-                           cut.groups, keep, clamped, cut.model, cut.details)
+        return PruneResult(pruned, self, s, layer_table(cut.model, pruned), threshold,
+                           float("nan") if uniform else safe_percent(scores), cut.groups, keep, clamped, cut.model,
+                           cut.details)
+
+    def flags(self, s: PruneSettings) -> str:
+        return " --allocation uniform" if self.allocation == "uniform" else ""
 
     def criterion(self, s: dict) -> list[str]:
         pct = s.get("percent_used", s["percent"])
+        rest = (f"group score `{s['group_score']}`, skip shortcut {s['skip_shortcut']}, min channels "
+                f"{s['min_channels']}, round to {s['round_to']}.")
+        if s.get("allocation") == "uniform":
+            return [f"Method `{s['method']}`, allocation uniform: every group loses the share {pct:.4g} of its "
+                    f"channels, ranked within the group; {rest}"]
         return [f"Method `{s['method']}`, percent {pct:.4g}, threshold {s['threshold']:.4g} (channels scoring below "
-                f"it removed), group score `{s['group_score']}`, skip shortcut {s['skip_shortcut']}, min channels "
-                f"{s['min_channels']}, round to {s['round_to']}.",
+                f"it removed), {rest}",
                 f"Largest safe percent (no layer emptied by the threshold alone): {s['safe_percent']:.3f}."]
 
     def choice(self, s: dict) -> list[str]:
@@ -135,13 +166,17 @@ class Ranked(ChannelMethod):
         if "percent_used" in s:
             why = "--percent auto: the collapsed share" if s.get("auto") else "for the FLOPs target"
             parts.append(f"percent {s['percent_used']:.4f} ({why})")
+        if s.get("allocation") == "uniform":
+            return [*parts, "the same share of every group"]
         return [*parts, f"threshold {s['threshold']:.4g}"]
 
 
-def percent_for_flops(scores: list[torch.Tensor], cost: ChannelCost, target: float, s: PruneSettings) -> float:
-    """The smallest percent whose selection costs at most `target` GFLOPs (bisection; more removed = fewer FLOPs)."""
+def percent_for_flops(method: Ranked, scores: list[torch.Tensor], cost: ChannelCost, target: float,
+                      s: PruneSettings) -> float:
+    """The smallest percent whose selection by `method` costs at most `target` GFLOPs (bisection; more removed =
+    fewer FLOPs)."""
     def gflops(p: float) -> float:
-        keep, _ = select_channels(scores, p, s.min_channels, s.round_to)
+        keep, _ = method.choose(scores, p, s)
         return cost.gflops([len(keep[k]) for k in range(len(scores))])
 
     lo, hi = 0.0, 1.0 - 1e-9

@@ -78,7 +78,7 @@ class LayerSlim(Slim):
         return _remove(model, self.layers, details)
 
     def flags(self, s: PruneSettings) -> str:
-        return f" --layers {self.layers}"
+        return f" --layers {self.layers}" + super().flags(s)
 
     def report_lines(self, s: dict, before: dict, after: dict) -> list[str]:
         return [_blocks_line(s), *super().report_lines(s, before, after)]

@@ -28,7 +28,7 @@ class Taylor(Ranked):
         return taylor_scores(model, groups, data.batches, data.loss(model))
 
     def flags(self, s: PruneSettings) -> str:
-        return f" --calib-batches {s.calib_batches}"
+        return f" --calib-batches {s.calib_batches}" + super().flags(s)
 
     def criterion(self, s: dict) -> list[str]:
         return [*super().criterion(s),
