@@ -20,6 +20,7 @@ from models.yolo import DetectionModel
 from utils.checkpoint import load_model, save_checkpoint
 from utils.errors import UserError
 from utils.onnx_backend import OnnxModel, read_metadata
+from utils.openvino_backend import OpenVinoModel
 from utils.pruning.pruner import PruneSettings, prune_model
 from utils.quantize import decode_nodes
 from utils.torch_utils import count_params
@@ -88,6 +89,21 @@ def test_dynamic_export_takes_other_sizes_and_batches(n_ckpt, tmp_path):
     assert m.dynamic and m.imgsz is None
     for shape in ((1, 3, 128, 128), (3, 3, 96, 160)):
         _assert_onnx_matches(Path(w), f, shape, seed=1)
+
+
+def test_dynamic_int8_export_runs_at_other_sizes(n_ckpt, tmp_path):
+    """--dynamic --int8: ONNX and OpenVINO int8 files that take any size, their predictions near fp32's."""
+    w = shutil.copy(n_ckpt, tmp_path / "d.pt")
+    data = make_dataset(tmp_path / "data", nc=3)
+    rec = export.main(["--weights", str(w), "--include", "onnx", "openvino", "--imgsz", "128", "--dynamic", "--int8",
+                       "--data", str(data), "--calib-images", "4"])[0]
+    x = np.random.default_rng(2).random((2, 3, 96, 160), dtype=np.float32)
+    ref = _torch_out(Path(w), x)
+    for m in (OnnxModel(rec["int8"]), OpenVinoModel(rec["openvino_int8"])):
+        assert m.dynamic and m.precision == "int8"
+        y = m.run(x)
+        assert y.shape == ref.shape
+        assert np.abs(y[..., :4] - ref[..., :4]).mean() < 0.5  # pixels (measured 0.1): rounded, not broken
 
 
 def test_pruned_model_exports_and_matches(n_ckpt, tmp_path):

@@ -61,6 +61,11 @@ def dataset_images(data: dict, split: str = "train") -> list[str]:
     return files
 
 
+def _dynamic(proto) -> bool:
+    """Whether the ONNX graph's input has a named (dynamic) dimension."""
+    return any(d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim)
+
+
 def quantize_int8(src: str | Path, dst: str | Path, images: list[np.ndarray], calibration: str = "minmax") -> Path:
     """Write `dst`: the int8 QDQ version of the fp32 ONNX file `src`, calibrated on `images` ((1,3,h,w) arrays).
 
@@ -90,7 +95,8 @@ def quantize_int8(src: str | Path, dst: str | Path, images: list[np.ndarray], ca
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(src), str(pre))  # shape inference + graph optimisation, as ORT recommends
+        # shape inference + graph optimisation, as ORT recommends; its symbolic inference fails on --dynamic axes
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=_dynamic(onnx.load(str(src))))
         exclude = decode_nodes(onnx.load(str(pre)))
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
