@@ -12,6 +12,8 @@ The defaults are the protocol:
 2. Every method keeps --gflops 0.5 of the base's GFLOPs and trains --budget 30 epochs after the base:
    slim: train_sparse.py --sparse-epochs 15 with --sparse-args, prune.py --method slim, finetune.py budget - 15;
    l1, taylor, eagleeye: prune.py --method m (eagleeye: --candidates 20 --calib-batches 8), finetune.py budget;
+   taylor-uniform (and l1-uniform, on request): the same with --allocation uniform, every layer cut by one share
+   as Torch-Pruning does, which separates the criterion from the allocation;
    tp-magnitude, tp-taylor: benchmarks/tp_prune.py (Torch-Pruning's pruners), finetune.py budget;
    dense: yolov5n at the width_multiple whose GFLOPs are nearest the target, train.py from scratch for
    n_base + budget epochs (--noval: every epoch runs).
@@ -56,9 +58,11 @@ from utils.stages import Pipeline, add_run_args, epochs_run  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
 PREFIX = colorstr("compare: ")
-OURS = ("slim", "l1", "taylor", "eagleeye")
+OURS = ("slim", "l1", "taylor", "taylor-uniform", "eagleeye")
 TP = ("tp-magnitude", "tp-taylor")
-METHODS = (*OURS, *TP, "dense")
+METHODS = (*OURS, *TP, "dense")  # the default rows
+CHOICES = (*METHODS, "l1-uniform")
+UNIFORM = "-uniform"  # a ranked method of prune.py with --allocation uniform
 EVAL = ("val", "latency")  # the last two stages
 RATIO_KEYS = ("mAP50-95", "mAP50", "params", "GFLOPs", "ms_pt", "ms_ort")
 
@@ -75,9 +79,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sparse-epochs", type=int, default=15, help="slim: sparse-training epochs (of the budget)")
     p.add_argument("--sparse-args", default="--polarize 1.2 --gamma-lr 10 --shrink 1.0 --teacher {base}",
                    help="slim: train_sparse.py's recipe flags ({base}: the base's best.pt)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=CHOICES)
     p.add_argument("--curve", type=float, nargs="*", default=[], help="more GFLOPs shares for the best methods")
-    p.add_argument("--curve-methods", nargs="+", default=None, choices=METHODS,
+    p.add_argument("--curve-methods", nargs="+", default=None, choices=CHOICES,
                    help="the methods cut at --curve (default: the two best of ours and Torch-Pruning's best)")
     p.add_argument("--candidates", type=int, default=20, help="eagleeye: random sub-nets")
     p.add_argument("--calib-batches", type=int, default=8, help="eagleeye's adaptive BN, taylor's gradients")
@@ -179,10 +183,13 @@ class Compare(Pipeline):
                 "--weights", self.base, "--importance", method[3:], "--gflops", f"{g:g}", *common, "--calib-batches",
                 str(o.calib_batches), *out])
         else:
+            name = method.removesuffix(UNIFORM)
             extra = {"eagleeye": ["--candidates", str(o.candidates), "--calib-batches", str(o.calib_batches)],
-                     "taylor": ["--calib-batches", str(o.calib_batches)]}.get(method, [])
+                     "taylor": ["--calib-batches", str(o.calib_batches)]}.get(name, [])
+            if name != method:
+                extra += ["--allocation", "uniform"]
             rec = self.stage("prune.py", prune.main, [
-                "--weights", src, "--method", method, "--flops-target", f"{g:g}", *common, *extra, *out])
+                "--weights", src, "--method", name, "--flops-target", f"{g:g}", *common, *extra, *out])
         return str(Path(rec["save_dir"]) / "pruned.pt"), {**names, "prune": f"{tag}/prune"}
 
     def method(self, method: str, g: float) -> dict:
@@ -224,7 +231,7 @@ class Compare(Pipeline):
         if self.opt.curve_methods:
             return list(dict.fromkeys(self.opt.curve_methods))
         fit = {r["method"]: r["fit"] for r in rows}
-        ours = sorted((m for m in OURS if m in fit), key=lambda m: -fit[m])[:2]
+        ours = sorted((m for m in fit if m not in (*TP, "dense")), key=lambda m: -fit[m])[:2]
         return ours + sorted((m for m in TP if m in fit), key=lambda m: -fit[m])[:1]
 
     def run(self) -> list[dict]:

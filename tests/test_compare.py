@@ -24,6 +24,7 @@ import tp_prune  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
 from utils.files import yaml_load  # noqa: E402
+from utils.pruning.selection import kept_width  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
 KEYS = {"method", "target_gflops", "weights", "P", "R", "mAP50", "mAP50-95", "params", "GFLOPs", "ms_pt", "ms_ort",
@@ -88,9 +89,13 @@ def test_every_method_runs_and_reports(bench):
     assert "n_base = 2" in md and "Seed 0" in md and "| tp-taylor | 0.5 |" in md
     assert (d / "pareto.png").stat().st_size > 0 and (d / "base.png").stat().st_size > 0
     commands = (d / "commands.sh").read_text().splitlines()
-    assert len(commands) == len(list(d.rglob("stage.json"))) == 19  # every stage once, each cached in its folder
+    assert len(commands) == len(list(d.rglob("stage.json"))) == 21  # every stage once, each cached in its folder
     assert commands[0].startswith("python train.py --weights ") and " --patience 20 " in commands[0]
     assert any(c.startswith("python benchmarks/tp_prune.py ") and "--importance taylor" in c for c in commands)
+    uniform = json.loads((d / "taylor-uniform-0.5" / "prune" / "report.json").read_text())
+    assert uniform["settings"]["method"] == "taylor" and uniform["settings"]["allocation"] == "uniform"
+    share = uniform["settings"]["percent_used"]
+    assert [x["kept"] for x in uniform["layers"]] == [kept_width(x["channels"], share) for x in uniform["layers"]]
     dense = yaml_load(d / "dense-0.5" / "dense.yaml")
     assert dense["nc"] == 2 and 0 < dense["width_multiple"] < 0.25
     assert "--epochs 4 " in next(c for c in commands if "--name dense-0.5" in c)  # n_base + budget
@@ -104,9 +109,9 @@ def test_rerun_skips_every_finished_stage(bench, log_lines):
     again = compare.main(argv)
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
     assert not any("Starting training" in x for x in log_lines)
-    assert sum(x.startswith("pipeline: cached: ") for x in log_lines) == len(stamps) == 18
+    assert sum(x.startswith("pipeline: cached: ") for x in log_lines) == len(stamps) == 20
     assert any("adopting the finished run" in x for x in log_lines)
-    assert any("pipeline: [19/19] latency ... " in x and "elapsed, ETA " in x for x in log_lines)
+    assert any("pipeline: [21/21] latency ... " in x and "elapsed, ETA " in x for x in log_lines)
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
@@ -173,5 +178,7 @@ def test_curve_takes_the_two_best_of_ours_and_the_best_of_torch_pruning():
     c.opt = Namespace(curve_methods=None)
     fit = {"slim": 0.3, "l1": 0.1, "taylor": 0.5, "eagleeye": 0.2, "tp-magnitude": 0.25, "tp-taylor": 0.4, "dense": 0.9}
     assert c.curve_methods([{"method": m, "fit": f} for m, f in fit.items()]) == ["taylor", "slim", "tp-taylor"]
+    fit |= {"l1-uniform": 0.35}
+    assert c.curve_methods([{"method": m, "fit": f} for m, f in fit.items()]) == ["taylor", "l1-uniform", "tp-taylor"]
     c.opt = Namespace(curve_methods=["dense", "l1"])
     assert c.curve_methods([]) == ["dense", "l1"]
