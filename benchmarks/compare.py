@@ -130,14 +130,8 @@ class Compare(Pipeline):
         self.base = ""  # the base's best.pt, set by run_base
         self.n_base = 0
 
-    def tail(self) -> list[str]:
-        o = self.opt
-        return ["--seed", str(o.seed), "--exist-ok", "--workers", str(o.workers), "--device", o.device]
-
     def train_args(self, epochs: int) -> list[str]:
-        o = self.opt
-        return ["--data", o.data, "--imgsz", str(o.imgsz), "--epochs", str(epochs), "--batch-size",
-                str(o.batch_size), "--hyp", o.hyp]
+        return [*self.data_args(), "--epochs", str(epochs), "--hyp", self.opt.hyp]
 
     def stages_of(self, method: str, g: float) -> dict[str, int]:
         """The stage names (and training epochs) that `method` at share g runs: the plan of the progress lines."""
@@ -158,10 +152,8 @@ class Compare(Pipeline):
     def run_base(self) -> None:
         o = self.opt
         rec = self.stage("train.py", train.main, [
-            "--weights", o.weights, "--data", o.data, "--imgsz", str(o.imgsz), "--epochs", str(o.base_epochs),
-            "--patience", str(o.base_patience), "--batch-size", str(o.batch_size), "--hyp", o.hyp, "--seed",
-            str(o.seed), "--project", str(self.dir), "--name", "base", "--exist-ok", "--workers", str(o.workers),
-            "--device", o.device], epochs=o.base_epochs)
+            "--weights", o.weights, *self.train_args(o.base_epochs), "--patience", str(o.base_patience),
+            "--project", str(self.dir), "--name", "base", *self.run_args()], epochs=o.base_epochs)
         self.base = rec["weights"]
         self.n_base = epochs_run(self.dir / "base")  # results.json counts only a resumed run's last leg
         self.plan.update({k: v for k, v in self.stages_of("dense", o.gflops).items() if k in self.plan})
@@ -174,10 +166,10 @@ class Compare(Pipeline):
             recipe = shlex.split(o.sparse_args.replace("{base}", shlex.quote(self.base)))
             src = self.stage("train_sparse.py", train_sparse.main, [
                 "--weights", self.base, *self.train_args(o.sparse_epochs), *recipe, "--project", str(self.dir),
-                "--name", "slim-sparse", *self.tail()], epochs=o.sparse_epochs)["last"]
+                "--name", "slim-sparse", *self.run_args()], epochs=o.sparse_epochs)["last"]
             names["sparse"] = "slim-sparse"
-        common = ["--data", o.data, "--imgsz", str(o.imgsz), "--batch-size", str(o.batch_size)]
-        out = ["--project", str(self.dir / tag), "--name", "prune", *self.tail()]
+        common = self.data_args()
+        out = ["--project", str(self.dir / tag), "--name", "prune", *self.run_args()]
         if method in TP:
             rec = self.stage("benchmarks/tp_prune.py", tp_prune.main, [
                 "--weights", self.base, "--importance", method[3:], "--gflops", f"{g:g}", *common, "--calib-batches",
@@ -201,7 +193,7 @@ class Compare(Pipeline):
         epochs = o.budget - (o.sparse_epochs if method == "slim" else 0)
         rec = self.stage("finetune.py", finetune.main, [
             "--weights", pruned, *self.train_args(epochs), "--noval", "--project", str(self.dir / tag), "--name",
-            "finetune", *self.tail()], epochs=epochs)
+            "finetune", *self.run_args()], epochs=epochs)
         return {"method": method, "target_gflops": g, "weights": rec["last"], "tag": tag,
                 "fit": rec["mAP50-95"], "stages": {**names, "finetune": f"{tag}/finetune"}}
 
@@ -222,7 +214,7 @@ class Compare(Pipeline):
         epochs = self.n_base + o.budget
         rec = self.stage("train.py", train.main, [
             "--cfg", str(f), "--weights", "", *self.train_args(epochs), "--noval", "--project", str(self.dir),
-            "--name", tag, *self.tail()], epochs=epochs)
+            "--name", tag, *self.run_args()], epochs=epochs)
         return {"method": "dense", "target_gflops": g, "weights": rec["last"], "tag": tag, "fit": rec["mAP50-95"],
                 "stages": {"train": tag}}
 
@@ -252,9 +244,8 @@ class Compare(Pipeline):
         o = self.opt
         weights = [self.base, *(r["weights"] for r in rows)]
         records = self.stage("val.py", val.main, [
-            "--weights", *weights, "--data", o.data, "--imgsz", str(o.imgsz), "--batch-size", str(o.batch_size),
-            "--latency-runs", "0", "--no-plots", "--project", str(self.dir), "--name", "val", "--exist-ok",
-            "--workers", str(o.workers), "--device", o.device], refresh=True)
+            "--weights", *weights, *self.data_args(), "--latency-runs", "0", "--no-plots", "--project", str(self.dir),
+            "--name", "val", "--exist-ok", "--workers", str(o.workers), "--device", o.device], refresh=True)
         times = self.stage("benchmarks/latency.py", latency.main, [
             "--weights", self.base, "--pruned", *(f"{r['tag']}={r['weights']}" for r in rows), "--data", o.data,
             "--imgsz", str(o.imgsz), "--runs", str(o.latency_runs), "--no-int8", "--backends", "pytorch", "onnxruntime",

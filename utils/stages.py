@@ -144,10 +144,18 @@ class Pipeline:
         self.spent: dict[str, tuple[float, int]] = {}  # finished stages: seconds, training epochs
         self.t0 = time.time()
 
-    def common(self) -> list[str]:
+    def data_args(self) -> list[str]:
+        """What every stage reads the data with: --data, --imgsz, --batch-size."""
         o = self.opt
-        return ["--data", o.data, "--imgsz", str(o.imgsz), "--batch-size", str(o.batch_size), "--workers",
-                str(o.workers), "--device", o.device, "--seed", str(o.seed), "--exist-ok"]
+        return ["--data", o.data, "--imgsz", str(o.imgsz), "--batch-size", str(o.batch_size)]
+
+    def run_args(self) -> list[str]:
+        """How every stage runs: --seed, --exist-ok, --workers, --device."""
+        o = self.opt
+        return ["--seed", str(o.seed), "--exist-ok", "--workers", str(o.workers), "--device", o.device]
+
+    def common(self) -> list[str]:
+        return [*self.data_args(), *self.run_args()]
 
     def name_of(self, d: Path) -> str:
         return str(d.relative_to(self.dir)) if d.is_relative_to(self.dir) else str(d)
