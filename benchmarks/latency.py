@@ -2,16 +2,17 @@
 sizes, one run.
 
     python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --imgsz 320 640
-    python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --map   # + mAP50
+    python benchmarks/latency.py --weights base.pt --pruned pruned.pt --data data/coco128.yaml --map   # + mAP
     python benchmarks/latency.py --weights base.pt --pruned pruned=a.pt round16=b.pt --data my.yaml     # several
 
 Each size gets its own fixed-shape exports (fp32, and int8 calibrated on --data's train images unless --no-int8:
 ONNX Runtime static QDQ, OpenVINO through NNCF) under runs/benchmarks/latency/; all models of a size are timed in
-interleaved rounds (utils/latency.py), medians over --runs calls after warm-up. Two ratios per row: to the base in
-PyTorch fp32, and to the base in the same runtime and precision (what a user deploying that runtime compares).
-OpenVINO rows: "fp32" forces f32 inference; "auto" is the CPU plugin's own choice (bf16 on CPUs with AMX or
-AVX512-BF16, which is not fp32). --map evaluates every model of the largest size with val.py on --data. Writes
-latency.json and latency.md. On CUDA (--device 0) the PyTorch rows run fp16.
+interleaved rounds (utils/latency.py), medians over --runs calls after warm-up. Three ratios per row: to the base in
+PyTorch fp32, to the base in the same runtime and precision, and to the base in the same runtime's fp32 (what a
+user deploying that runtime compares an int8 model with). OpenVINO rows: "fp32" forces f32 inference; "auto" is the
+CPU plugin's own choice (bf16 on CPUs with AMX or AVX512-BF16, which is not fp32). --map evaluates every row's file
+at its size with val.py on --data (batch 1, square letterbox, as fixed-shape files run). Writes latency.json and
+latency.md. On CUDA (--device 0) the PyTorch rows run fp16.
 """
 
 from __future__ import annotations
@@ -73,22 +74,31 @@ def rows_for_size(size: int, models: dict[str, Path], opt, out: Path, device: to
                 files[(name, backend)] = Path(e[key])
     LOGGER.info(f"\nlatency at {size}: {opt.runs} runs per model in 5 interleaved rounds...")
     times = measure(runners, runs=opt.runs, rounds=5, warmup=5)
-    base = next(iter(models))
-    ref = times.get((base, "pytorch fp16" if half else "pytorch fp32"), {}).get("ms")  # None without pytorch rows
+    return ratio_rows(size, times, next(iter(models)), "pytorch fp16" if half else "pytorch fp32", files)
+
+
+def ratio_rows(size: int, times: dict[tuple[str, str], dict], base: str, ref: str,
+               files: dict[tuple[str, str], Path]) -> list[dict]:
+    """One row per (model, backend) timed: its ms and three ratios, to `base` in backend `ref` (PyTorch), in the
+    same backend (runtime and precision), and in the same runtime's fp32 ("openvino int8" -> "openvino fp32")."""
+    def ratio(t: dict, key: tuple[str, str]) -> float | None:
+        return round(t["ms"] / times[key]["ms"], 3) if key in times else None
+
     return [{"imgsz": size, "model": name, "backend": backend, "ms": round(t["ms"], 2), "p10": round(t["p10"], 2),
-             "p90": round(t["p90"], 2), "ratio": round(t["ms"] / ref, 3) if ref else None,
-             "ratio_same": round(t["ms"] / times[(base, backend)]["ms"], 3), "file": str(files[(name, backend)]),
+             "p90": round(t["p90"], 2), "ratio": ratio(t, (base, ref)), "ratio_same": ratio(t, (base, backend)),
+             "ratio_fp32": ratio(t, (base, f"{backend.split()[0]} fp32")), "file": str(files[(name, backend)]),
              "file_MB": round(file_size_mb(files[(name, backend)]), 2)} for (name, backend), t in times.items()]
 
 
 def add_map(rows: list[dict], opt: argparse.Namespace, out: Path) -> None:
-    size = max(r["imgsz"] for r in rows)
-    mine = [r for r in rows if r["imgsz"] == size]
-    vopt = val.parse_opt(["--weights", *[r["file"] for r in mine], "--data", opt.data, "--imgsz", str(size),
-                          "--project", str(out), "--name", "val", "--exist-ok", "--latency-runs", "0",
-                          "--batch-size", "1", "--task", "val", "--no-plots", "--workers", "2"])
-    for r, rec in zip(mine, val.run(vopt)):
-        r["mAP50"], r["mAP50-95"] = round(rec["mAP50"], 4), round(rec["mAP50-95"], 4)
+    """mAP50 and mAP50-95 of every row's file on --data's val split, at the row's size (batch 1, square)."""
+    for size in dict.fromkeys(r["imgsz"] for r in rows):
+        mine = [r for r in rows if r["imgsz"] == size]
+        vopt = val.parse_opt(["--weights", *[r["file"] for r in mine], "--data", opt.data, "--imgsz", str(size),
+                              "--project", str(out), "--name", f"val-{size}", "--exist-ok", "--latency-runs", "0",
+                              "--batch-size", "1", "--task", "val", "--no-plots", "--workers", "2"])
+        for r, rec in zip(mine, val.run(vopt)):
+            r["mAP50"], r["mAP50-95"] = round(rec["mAP50"], 4), round(rec["mAP50-95"], 4)
 
 
 def _x(ratio: float | None) -> str:
@@ -97,13 +107,13 @@ def _x(ratio: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     has_map = any("mAP50" in r for r in rows)
-    head = ("| size | model | backend | ms (median) | p10-p90 | vs base PyTorch | vs base, same runtime | MB |"
-            + (" mAP50 |" if has_map else ""))
+    head = ("| size | model | backend | ms (median) | p10-p90 | vs base PyTorch | vs base, same runtime and precision "
+            "| vs base, same runtime fp32 | MB |" + (" mAP50 | mAP50-95 |" if has_map else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        m = f" {r['mAP50']:.3f} |" if "mAP50" in r else (" |" if has_map else "")
+        m = f" {r['mAP50']:.3f} | {r['mAP50-95']:.3f} |" if "mAP50" in r else (" | |" if has_map else "")
         lines.append(f"| {r['imgsz']} | {r['model']} | {r['backend']} | {r['ms']:.1f} | {r['p10']:.1f}-{r['p90']:.1f} "
-                     f"| {_x(r['ratio'])} | {_x(r['ratio_same'])} | {r['file_MB']:.2f} |{m}")
+                     f"| {_x(r['ratio'])} | {_x(r['ratio_same'])} | {_x(r['ratio_fp32'])} | {r['file_MB']:.2f} |{m}")
     return "\n".join(lines)
 
 
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--calib-images", type=int, default=100)
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="also time int8 exports")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="runtimes to time")
-    p.add_argument("--map", action="store_true", help="also mAP50 of every model at the largest size (val.py)")
+    p.add_argument("--map", action="store_true", help="also mAP50 and mAP50-95 of every row's file (val.py)")
     p.add_argument("--device", default="cpu", help="PyTorch device (ONNX Runtime and OpenVINO run on the CPU)")
     p.add_argument("--out", default=str(ROOT / "runs/benchmarks/latency"))
     opt = p.parse_args(argv)
