@@ -2,6 +2,7 @@
 
     python slim.py                                                     # the demo: built-in data, about 10 min on a CPU
     python slim.py --recipe demo-long                                  # the same story, trained longer
+    python slim.py --recipe taylor --pretrained yolov5n.pt --data my-data.yaml --imgsz 640  # your data, Taylor
     python slim.py --recipe l1 --pretrained yolov5n.pt --data my-data.yaml --imgsz 640      # your data, filter norms
     python slim.py --recipe slim --pretrained yolov5n.pt --data my-data.yaml --imgsz 640    # network slimming
     python slim.py --recipe l1 --weights runs/train/exp/weights/best.pt --data my-data.yaml # a base you trained
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percent", default="0.5", help="prune.py --percent: a share or auto (without --flops-target)")
     p.add_argument("--flops-target", type=float, default=0.0, help="prune.py --flops-target (0: cut --percent)")
     p.add_argument("--round", type=int, default=1, help="prune.py --round (16 for fast ONNX Runtime CPU kernels)")
+    p.add_argument("--allocation", choices=("global", "uniform"), default="global", help="prune.py --allocation")
     p.add_argument("--skip-shortcut", action="store_true", help="sparse-train and prune without residual groups")
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml", help="hyp of fine-tuning")
@@ -157,8 +159,9 @@ class SlimPipeline(Pipeline):
         cut = ["--flops-target", f"{o.flops_target:g}"] if o.flops_target else ["--percent", f"{o.percent}"]
         rec = self.stage("prune.py", prune.main, [
             "--weights", weights, "--method", o.method, *cut, *(["--skip-shortcut"] if o.skip_shortcut else []),
-            *(["--round", str(o.round)] if o.round > 1 else []), *self.common(), "--project", str(self.dir),
-            "--name", "prune"])
+            *(["--round", str(o.round)] if o.round > 1 else []),
+            *(["--allocation", o.allocation] if o.allocation != "global" else []), *self.common(), "--project",
+            str(self.dir), "--name", "prune"])
         return str(Path(rec["save_dir"]) / "pruned.pt")
 
     def summarise(self, labels: list[str], records: list[dict]) -> dict:

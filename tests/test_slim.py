@@ -43,12 +43,13 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path):
     assert float(read_csv(run_dir / "sparse" / "results.csv")[0]["train/kd_loss"]) > 0
 
 
-def test_l1_recipe_prunes_a_given_base_to_its_gflops_target(tmp_path):
-    """The l1 recipe on a trained base: no base or sparse stage, prune.py --method l1 --flops-target 0.5, and the
-    fine-tuned model has about half the base's GFLOPs."""
+@pytest.mark.parametrize("recipe,method,allocation", [("l1", "l1", None), ("taylor", "taylor", "uniform")])
+def test_recipe_prunes_a_given_base_to_its_gflops_target(tmp_path, recipe, method, allocation):
+    """The l1 and taylor recipes on a trained base: no base or sparse stage, prune.py --method m --flops-target 0.5
+    (taylor: --allocation uniform), and the fine-tuned model has about half the base's GFLOPs."""
     data = make_dataset(tmp_path / "data", n=8, nc=6, size=(64, 80))  # the fixture's 6 classes
     base = shared_path("fixtures", "upstream-yolov5n-shapes.pt")
-    out = slim.main(["--recipe", "l1", "--weights", str(base), "--data", str(data), *TINY, "--finetune-epochs", "1",
+    out = slim.main(["--recipe", recipe, "--weights", str(base), "--data", str(data), *TINY, "--finetune-epochs", "1",
                      "--project", str(tmp_path / "runs")])
     rows = {r["stage"]: r for r in out["rows"]}
     assert list(rows) == ["base", "pruned", "finetuned"]
@@ -56,8 +57,9 @@ def test_l1_recipe_prunes_a_given_base_to_its_gflops_target(tmp_path):
     commands = (tmp_path / "runs" / "exp" / "commands.sh").read_text().splitlines()
     assert [c.split()[1] for c in commands] == ["prune.py", "finetune.py", "val.py"]
     cut = commands[0].split()
-    assert cut[cut.index("--method") + 1] == "l1" and cut[cut.index("--flops-target") + 1] == "0.5"
+    assert cut[cut.index("--method") + 1] == method and cut[cut.index("--flops-target") + 1] == "0.5"
     assert "--percent" not in cut
+    assert (cut[cut.index("--allocation") + 1] if "--allocation" in cut else None) == allocation
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "data" / "recipes").glob("*.yaml")))
@@ -71,7 +73,7 @@ def test_every_recipe_parses_and_the_command_line_wins(recipe):
 
 
 def test_recipe_mistakes_are_one_line(tmp_path):
-    with pytest.raises(UserError, match=r"no such recipe \(in data/recipes/: demo, demo-long, l1, slim"):
+    with pytest.raises(UserError, match=r"no such recipe \(in data/recipes/: demo, demo-long, l1, slim, taylor"):
         slim.parse_opt(["--recipe", "fast"])
     with pytest.raises(UserError, match="recipe l1 needs --data"):
         slim.parse_opt(["--recipe", "l1"])
