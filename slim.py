@@ -30,6 +30,7 @@ from utils.data import ROOT
 from utils.errors import UserError, cli
 from utils.files import atomic_write, yaml_load
 from utils.log import LOGGER, colorstr
+from utils.pruning.methods.channels import ALLOCATIONS
 from utils.stages import PREFIX, Pipeline, add_run_args
 
 RECIPES = ROOT / "data" / "recipes"
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percent", default="0.5", help="prune.py --percent: a share or auto (without --flops-target)")
     p.add_argument("--flops-target", type=float, default=0.0, help="prune.py --flops-target (0: cut --percent)")
     p.add_argument("--round", type=int, default=1, help="prune.py --round (16 for fast ONNX Runtime CPU kernels)")
-    p.add_argument("--allocation", choices=("global", "uniform"), default="global", help="prune.py --allocation")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default="global", help="prune.py --allocation")
     p.add_argument("--skip-shortcut", action="store_true", help="sparse-train and prune without residual groups")
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml", help="hyp of fine-tuning")

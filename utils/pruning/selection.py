@@ -1,8 +1,9 @@
 """Selection: which channels of each group to keep, given one score per group channel (higher = more important).
 
 `select_channels` cuts one global ranking at a percent (slim, l1, taylor); `select_uniform` cuts every group by the
-same share (their --allocation uniform, Torch-Pruning's default); `keep_top` keeps a given number per group
-(EagleEye's random widths, the sensitivity ratios). They only choose indices: surgery.py removes the others.
+same share (their --allocation uniform, Torch-Pruning's default), through `keep_for_ratios` (a share per group: the
+sensitivity method's); `keep_top` keeps a given number per group (EagleEye's random widths). They only choose
+indices: surgery.py removes the others.
 """
 
 from __future__ import annotations
@@ -56,4 +57,11 @@ def select_uniform(scores: list[torch.Tensor], ratio: float, min_channels: int =
     """Per group, its best-scoring channels after removing the share `ratio` of each group (kept_width), so scores
     are compared only within a group. Returns what select_channels does; clamped: the groups min_channels topped up."""
     clamped = [k for k, s in enumerate(scores) if kept_width(s.numel(), ratio) < min(min_channels, s.numel())]
-    return keep_top(scores, [kept_width(s.numel(), ratio, min_channels, round_to) for s in scores]), clamped
+    return keep_for_ratios(scores, [ratio] * len(scores), min_channels, round_to), clamped
+
+
+def keep_for_ratios(scores: Sequence[torch.Tensor], ratios: Sequence[float], min_channels: int = 1,
+                    round_to: int = 1) -> dict[int, torch.Tensor]:
+    """Per group, its kept_width(channels, ratios[k]) best-scoring channels (the sensitivity method's per-layer
+    ratios; one ratio for all: select_uniform)."""
+    return keep_top(scores, [kept_width(len(s), r, min_channels, round_to) for s, r in zip(scores, ratios)])

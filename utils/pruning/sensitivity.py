@@ -233,11 +233,6 @@ def choose_ratios(curves: Sequence[Curve], base: float, max_drop: float) -> list
     return out
 
 
-def keep_for_ratios(scores: Sequence[torch.Tensor], ratios: Sequence[float], min_channels: int = 1,
-                    round_to: int = 1) -> dict[int, torch.Tensor]:
-    return keep_top(scores, [kept_width(len(s), r, min_channels, round_to) for s, r in zip(scores, ratios)])
-
-
 def drop_for_flops(curves: Sequence[Curve], base: float, gflops: Callable[[list[int]], float], target: float,
                    min_channels: int = 1, round_to: int = 1) -> float:
     """The smallest max-drop whose chosen ratios cost at most `target` GFLOPs (`gflops`: kept widths -> GFLOPs).

@@ -16,6 +16,7 @@ from utils.pruning.graph import ChannelGroup
 from utils.pruning.l1 import l1_scores
 from utils.pruning.methods.base import PruneResult, PruneSettings, finish, layer_table, register
 from utils.pruning.methods.channels import ChannelMethod, Cut
+from utils.pruning.selection import keep_for_ratios
 from utils.pruning.sensitivity import Cuts, Curve
 from utils.pruning.surgery import prune_channels
 from utils.torch_utils import recalibrate_bn
@@ -79,7 +80,7 @@ class Sensitivity(ChannelMethod):
             max_drop = sensitivity.drop_for_flops(curves, score0, cut.cost.gflops, cut.target, s.min_channels,
                                                   s.round_to)
         ratios = sensitivity.choose_ratios(curves, score0, max_drop)
-        keep = sensitivity.keep_for_ratios(cut.scores, ratios, s.min_channels, s.round_to)
+        keep = keep_for_ratios(cut.scores, ratios, s.min_channels, s.round_to)
         pruned = prune_channels(cut.model, keep, cut.groups)
         if data.batches:
             recalibrate_bn(pruned, data.images)
