@@ -15,6 +15,8 @@ The defaults are the protocol:
    taylor-uniform (and l1-uniform, on request): the same with --allocation uniform, every layer cut by one share
    as Torch-Pruning does, which separates the criterion from the allocation;
    tp-magnitude, tp-taylor: benchmarks/tp_prune.py (Torch-Pruning's pruners), finetune.py budget;
+   base-ft (on request), the control: the base itself, unpruned, through finetune.py for the budget: what the
+   budget's epochs are worth without a cut (above the base: the base had not converged, read the ratios against it);
    dense: yolov5n at the width_multiple whose GFLOPs are nearest the target, train.py from scratch for
    n_base + budget epochs (--noval: every epoch runs).
    Fine-tuning is finetune.py --hyp hyp.small --noval (the final validation still runs); a method's model is its
@@ -61,7 +63,8 @@ PREFIX = colorstr("compare: ")
 OURS = ("slim", "l1", "taylor", "taylor-uniform", "eagleeye")
 TP = ("tp-magnitude", "tp-taylor")
 METHODS = (*OURS, *TP, "dense")  # the default rows
-CHOICES = (*METHODS, "l1-uniform")
+CONTROL = "base-ft"  # the unpruned base fine-tuned with the budget
+CHOICES = (*METHODS, "l1-uniform", CONTROL)
 UNIFORM = "-uniform"  # a ranked method of prune.py with --allocation uniform
 EVAL = ("val", "latency")  # the last two stages
 RATIO_KEYS = ("mAP50-95", "mAP50", "params", "GFLOPs", "ms_pt", "ms_ort")
@@ -81,7 +84,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="slim: train_sparse.py's recipe flags ({base}: the base's best.pt)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=CHOICES)
     p.add_argument("--curve", type=float, nargs="*", default=[], help="more GFLOPs shares for the best methods")
-    p.add_argument("--curve-methods", nargs="+", default=None, choices=CHOICES,
+    p.add_argument("--curve-methods", nargs="+", default=None, choices=[m for m in CHOICES if m != CONTROL],
                    help="the methods cut at --curve (default: the two best of ours and Torch-Pruning's best)")
     p.add_argument("--candidates", type=int, default=20, help="eagleeye: random sub-nets")
     p.add_argument("--calib-batches", type=int, default=8, help="eagleeye's adaptive BN, taylor's gradients")
@@ -138,6 +141,8 @@ class Compare(Pipeline):
         o, tag = self.opt, f"{method}-{g:g}"
         if method == "dense":
             return {tag: (self.n_base or o.base_epochs) + o.budget}
+        if method == CONTROL:
+            return {f"{CONTROL}/finetune": o.budget}
         sparse = {"slim-sparse": o.sparse_epochs} if method == "slim" else {}
         return {**sparse, f"{tag}/prune": 0, f"{tag}/finetune": o.budget - (o.sparse_epochs if sparse else 0)}
 
@@ -189,7 +194,10 @@ class Compare(Pipeline):
         if method == "dense":
             return self.dense(g)
         o, tag = self.opt, f"{method}-{g:g}"
-        pruned, names = self.cut(method, g)
+        if method == CONTROL:  # no cut, no GFLOPs target
+            tag, g, pruned, names = CONTROL, None, self.base, {}
+        else:
+            pruned, names = self.cut(method, g)
         epochs = o.budget - (o.sparse_epochs if method == "slim" else 0)
         rec = self.stage("finetune.py", finetune.main, [
             "--weights", pruned, *self.train_args(epochs), "--noval", "--project", str(self.dir / tag), "--name",
@@ -223,7 +231,7 @@ class Compare(Pipeline):
         if self.opt.curve_methods:
             return list(dict.fromkeys(self.opt.curve_methods))
         fit = {r["method"]: r["fit"] for r in rows}
-        ours = sorted((m for m in fit if m not in (*TP, "dense")), key=lambda m: -fit[m])[:2]
+        ours = sorted((m for m in fit if m not in (*TP, "dense", CONTROL)), key=lambda m: -fit[m])[:2]
         return ours + sorted((m for m in TP if m in fit), key=lambda m: -fit[m])[:1]
 
     def run(self) -> list[dict]:
@@ -309,7 +317,9 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
     from utils.plots import plt
 
     fig, ax = plt.subplots(figsize=(7, 5), tight_layout=True)
-    for method in dict.fromkeys(r["method"] for r in rows[1:]):
+    for r in (r for r in rows[1:] if r["target_gflops"] is None):  # the control: the base fine-tuned again
+        ax.scatter([r["GFLOPs"]], [r["mAP50-95"]], marker="x", s=80, color="gray", label=r["method"], zorder=3)
+    for method in dict.fromkeys(r["method"] for r in rows[1:] if r["target_gflops"] is not None):
         pts = sorted((r["GFLOPs"], r["mAP50-95"]) for r in rows[1:] if r["method"] == method)
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=method)
     ax.scatter([rows[0]["GFLOPs"]], [rows[0]["mAP50-95"]], marker="*", s=200, color="black", label="base", zorder=3)
@@ -340,7 +350,7 @@ def report(rows: list[dict], opt: argparse.Namespace, n_base: int, curve: list[t
              "fixed-shape fp32.", "",
              "| method | GFLOPs target | mAP50-95 | mAP50 | P | R | params | GFLOPs | PyTorch ms | ORT ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    order = [rows[0], *sorted(rows[1:], key=lambda r: (-r["target_gflops"], -r["mAP50-95"]))]
+    order = [rows[0], *sorted(rows[1:], key=lambda r: (-(r["target_gflops"] or 1), -r["mAP50-95"]))]
     for r in order:
         target = "-" if r["target_gflops"] is None else f"{r['target_gflops']:g}"
         lines.append(f"| {r['method']} | {target} | {_x(r, 'mAP50-95', '.3f')} | {_x(r, 'mAP50', '.3f')} | "

@@ -178,7 +178,25 @@ def test_curve_takes_the_two_best_of_ours_and_the_best_of_torch_pruning():
     c.opt = Namespace(curve_methods=None)
     fit = {"slim": 0.3, "l1": 0.1, "taylor": 0.5, "eagleeye": 0.2, "tp-magnitude": 0.25, "tp-taylor": 0.4, "dense": 0.9}
     assert c.curve_methods([{"method": m, "fit": f} for m, f in fit.items()]) == ["taylor", "slim", "tp-taylor"]
-    fit |= {"l1-uniform": 0.35}
+    fit |= {"l1-uniform": 0.35, compare.CONTROL: 0.95}  # the control is no method
     assert c.curve_methods([{"method": m, "fit": f} for m, f in fit.items()]) == ["taylor", "l1-uniform", "tp-taylor"]
     c.opt = Namespace(curve_methods=["dense", "l1"])
     assert c.curve_methods([]) == ["dense", "l1"]
+
+
+@pytest.mark.slow
+def test_control_fine_tunes_the_base_with_the_budget_and_nothing_else(bench):
+    """--methods base-ft: the unpruned base through finetune.py for the budget, a row without a GFLOPs target right
+    after the base; no other training stage runs again."""
+    _, d, argv = bench
+    train = {f: f.stat().st_mtime_ns for f in d.rglob("stage.json") if f.parent.name not in compare.EVAL}
+    rows = compare.main([*argv, "--methods", "l1", compare.CONTROL])
+    assert [r["method"] for r in rows] == ["base", "l1", compare.CONTROL, "l1"]
+    base, ctl = rows[0], rows[2]
+    assert ctl["target_gflops"] is None and ctl["params"] == base["params"] and ctl["GFLOPs_ratio"] == 1.0
+    assert set(ctl["seconds"]) == {"finetune"}
+    assert Path(ctl["weights"]).parent.parent == d / compare.CONTROL / "finetune"
+    assert {f: f.stat().st_mtime_ns for f in train} == train
+    command = next(c for c in (d / "commands.sh").read_text().splitlines() if str(d / compare.CONTROL) in c)
+    assert command.startswith(f"python finetune.py --weights {base['weights']} ") and " --epochs 2 " in command
+    assert "\n| base | - |" in (md := (d / "results.md").read_text()) and f"|\n| {compare.CONTROL} | - |" in md
