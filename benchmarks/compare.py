@@ -16,7 +16,8 @@ The defaults are the protocol:
    as Torch-Pruning does, which separates the criterion from the allocation;
    tp-magnitude, tp-taylor: benchmarks/tp_prune.py (Torch-Pruning's pruners), finetune.py budget;
    base-ft (on request), the control: the base itself, unpruned, through finetune.py for the budget: what the
-   budget's epochs are worth without a cut (above the base: the base had not converged, read the ratios against it);
+   budget's epochs are worth without a cut (above the base: the base had not converged, read the ratios against it;
+   below it: the fine-tuning recipe itself costs accuracy, as on DeepPCB);
    dense: yolov5n at the width_multiple whose GFLOPs are nearest the target, train.py from scratch for
    n_base + budget epochs (--noval: every epoch runs).
    Fine-tuning is finetune.py --hyp hyp.small --noval (the final validation still runs); a method's model is its
