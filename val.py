@@ -4,6 +4,10 @@
     python val.py --weights base.pt pruned.pt finetuned.pt --data data/synthetic.yaml   # one comparison table
     python val.py --weights best.pt best.onnx best-int8.onnx          # exported files (ONNX Runtime, CPU) beside
     python val.py --weights best.pt best_openvino_model best_int8_openvino_model   # OpenVINO IR folders (CPU)
+    python val.py --weights best.pt --square    # every image letterboxed to imgsz x imgsz, as a fixed-shape export
+
+Checkpoints are evaluated in rectangular batches padded by half a stride, as upstream's val.py does (its figures are
+reproduced); --square evaluates them as their fixed-shape exports see the images, so the two figures compare.
 
 Writes runs/val/exp/metrics.json: a list with one object per weights file.
 """
@@ -76,6 +80,7 @@ def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path
     names = {0: "item"} if opt.single_cls else model.names
     if not opt.single_cls and len(names) != data["nc"]:
         raise UserError(f"{w} predicts {len(names)} classes but {opt.data} has nc={data['nc']}")
+    square = square or opt.square
     loader = val_loader(data, opt.task, imgsz, batch_size, stride, opt.workers, opt.single_cls, opt.data, square)
     if not is_exported(w):
         model(torch.zeros(1, 3, imgsz, imgsz, device=device).type_as(next(model.parameters())))  # warm-up
@@ -88,7 +93,8 @@ def validate_weights(w: str, data: dict, opt: argparse.Namespace, save_dir: Path
                 % (*res.speed, (batch_size, 3, imgsz, imgsz)))
     record = {"weights": str(w), "P": res.mp, "R": res.mr, "mAP50": res.map50, "mAP50-95": res.map,
               "params": params, "GFLOPs": round(gflops, 3), "ms_per_img": round(res.speed[1], 3),
-              "file_MB": round(file_size_mb(w), 3), "imgsz": imgsz, "images": res.seen, "instances": int(res.nt.sum()),
+              "file_MB": round(file_size_mb(w), 3), "imgsz": imgsz, "square": square, "images": res.seen,
+              "instances": int(res.nt.sum()),
               "speed_ms": {"pre": res.speed[0], "inference": res.speed[1], "nms": res.speed[2]}}
     if opt.save_json:
         pred_json = save_dir / f"{Path(w).stem}_predictions.json"
@@ -182,6 +188,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    p.add_argument("--square", action="store_true",
+                   help="letterbox every image to imgsz x imgsz (as fixed-shape exports are), not rectangular batches")
     p.add_argument("--task", default="val", choices=("train", "val", "test", "speed"), help="split, or speed")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers")

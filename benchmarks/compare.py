@@ -21,8 +21,12 @@ The defaults are the protocol:
    dense: yolov5n at the width_multiple whose GFLOPs are nearest the target, train.py from scratch for
    n_base + budget epochs (--noval: every epoch runs).
    Fine-tuning is finetune.py --hyp hyp.small --noval (the final validation still runs); a method's model is its
-   last.pt. --curve adds targets for the best methods (--curve-methods chooses them).
-3. val.py evaluates the base and every final model in one call (P, R, mAP50, mAP50-95, params, GFLOPs), and
+   last.pt. --ft-hyp gives the fine-tuning stages (base-ft's too) a hyp of their own, e.g. the gentler
+   hyp.finetune-small (lr0 0.002); the base, slim's sparse training and dense keep --hyp. --curve adds targets for
+   the best methods (--curve-methods chooses them).
+3. val.py evaluates the base and every final model in one call (P, R, mAP50, mAP50-95, params, GFLOPs), in
+   upstream's rectangular batches, and once more with --square (mAP50_square, mAP50-95_square): every image
+   letterboxed to imgsz x imgsz, as the fixed-shape exports of the latency stage see them, and
    benchmarks/latency.py times them at batch 1 on the CPU, PyTorch and ONNX Runtime fp32 (fixed-shape exports), in
    interleaved rounds of one run, so the ratios to the base come from the same conditions.
 
@@ -67,8 +71,8 @@ METHODS = (*OURS, *TP, "dense")  # the default rows
 CONTROL = "base-ft"  # the unpruned base fine-tuned with the budget
 CHOICES = (*METHODS, "l1-uniform", CONTROL)
 UNIFORM = "-uniform"  # a ranked method of prune.py with --allocation uniform
-EVAL = ("val", "latency")  # the last two stages
-RATIO_KEYS = ("mAP50-95", "mAP50", "params", "GFLOPs", "ms_pt", "ms_ort")
+EVAL = ("val", "val-square", "latency")  # the last stages
+RATIO_KEYS = ("mAP50-95", "mAP50", "mAP50-95_square", "params", "GFLOPs", "ms_pt", "ms_ort")
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +80,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="dataset yaml with a held-out val split")
     p.add_argument("--weights", required=True, help="the pretrained model the base is fine-tuned from")
     p.add_argument("--hyp", default=str(ROOT / "data/hyps/hyp.small.yaml"), help="hyp of every training stage")
+    p.add_argument("--ft-hyp", default=None, help="hyp of the fine-tuning stages (default: --hyp)")
     p.add_argument("--base-epochs", type=int, default=150, help="base: at most this many epochs")
     p.add_argument("--base-patience", type=int, default=20, help="base: stop after this many epochs without gain")
     p.add_argument("--gflops", type=float, default=0.5, help="share of the base's GFLOPs every method keeps")
@@ -101,6 +106,10 @@ def check_opt(opt: argparse.Namespace) -> argparse.Namespace:
     for g in (opt.gflops, *opt.curve):
         if not 0 < g < 1:
             raise UserError(f"--gflops and --curve are shares of the base's GFLOPs in (0, 1); got {g}")
+    for flag, f in (("--hyp", opt.hyp), ("--ft-hyp", opt.ft_hyp)):
+        if f is not None and not Path(f).is_file():
+            raise UserError(f"{flag} {f}: no such file")
+    opt.ft_hyp = opt.ft_hyp or opt.hyp
     if opt.budget < 1 or opt.base_epochs < 1 or opt.sparse_epochs < 1:
         raise UserError("--budget, --base-epochs and --sparse-epochs must be at least 1")
     slim = "slim" in opt.methods or "slim" in (opt.curve_methods or [])
@@ -134,8 +143,8 @@ class Compare(Pipeline):
         self.base = ""  # the base's best.pt, set by run_base
         self.n_base = 0
 
-    def train_args(self, epochs: int) -> list[str]:
-        return [*self.data_args(), "--epochs", str(epochs), "--hyp", self.opt.hyp]
+    def train_args(self, epochs: int, hyp: str | None = None) -> list[str]:
+        return [*self.data_args(), "--epochs", str(epochs), "--hyp", hyp or self.opt.hyp]
 
     def stages_of(self, method: str, g: float) -> dict[str, int]:
         """The stage names (and training epochs) that `method` at share g runs: the plan of the progress lines."""
@@ -201,8 +210,8 @@ class Compare(Pipeline):
             pruned, names = self.cut(method, g)
         epochs = o.budget - (o.sparse_epochs if method == "slim" else 0)
         rec = self.stage("finetune.py", finetune.main, [
-            "--weights", pruned, *self.train_args(epochs), "--noval", "--project", str(self.dir / tag), "--name",
-            "finetune", *self.run_args()], epochs=epochs)
+            "--weights", pruned, *self.train_args(epochs, o.ft_hyp), "--noval", "--project", str(self.dir / tag),
+            "--name", "finetune", *self.run_args()], epochs=epochs)
         return {"method": method, "target_gflops": g, "weights": rec["last"], "tag": tag,
                 "fit": rec["mAP50-95"], "stages": {**names, "finetune": f"{tag}/finetune"}}
 
@@ -255,6 +264,10 @@ class Compare(Pipeline):
         records = self.stage("val.py", val.main, [
             "--weights", *weights, *self.data_args(), "--latency-runs", "0", "--no-plots", "--project", str(self.dir),
             "--name", "val", "--exist-ok", "--workers", str(o.workers), "--device", o.device], refresh=True)
+        square = self.stage("val.py", val.main, [
+            "--weights", *weights, *self.data_args(), "--square", "--latency-runs", "0", "--no-plots", "--project",
+            str(self.dir), "--name", "val-square", "--exist-ok", "--workers", str(o.workers), "--device", o.device],
+            refresh=True)
         times = self.stage("benchmarks/latency.py", latency.main, [
             "--weights", self.base, "--pruned", *(f"{r['tag']}={r['weights']}" for r in rows), "--data", o.data,
             "--imgsz", str(o.imgsz), "--runs", str(o.latency_runs), "--no-int8", "--backends", "pytorch", "onnxruntime",
@@ -264,9 +277,10 @@ class Compare(Pipeline):
         base = {"method": "base", "target_gflops": None, "weights": self.base, "tag": "base",
                 "stages": {"train": "base"}}
         out = []
-        for r, rec in zip([base, *rows], records):
+        for r, rec, sq in zip([base, *rows], records, square):
             row = {k: r[k] for k in ("method", "target_gflops", "weights")}
             row.update({k: rec[k] for k in ("P", "R", "mAP50", "mAP50-95", "params", "GFLOPs")})
+            row.update({f"{k}_square": sq[k] for k in ("mAP50", "mAP50-95")})
             row.update(ms_pt=ms[(r["tag"], "pytorch fp32")], ms_ort=ms[(r["tag"], "onnxruntime fp32")])
             row["seconds"] = {step: self.spent[name][0] for step, name in r["stages"].items()}
             out.append(row)
@@ -346,17 +360,19 @@ def report(rows: list[dict], opt: argparse.Namespace, n_base: int, curve: list[t
              f"last epochs {last} (base.png). Every method keeps {opt.gflops:g} of the base's GFLOPs"
              f"{' (and ' + ', '.join(f'{g:g}' for g in opt.curve) + ' on the curve)' if opt.curve else ''} and trains "
              f"{opt.budget} epochs after the base (slim: {opt.sparse_epochs} sparse + {opt.budget - opt.sparse_epochs} "
-             f"fine-tuning; dense: {n_base + opt.budget} from scratch). Seed {opt.seed}, imgsz {opt.imgsz}, batch "
+             f"fine-tuning; dense: {n_base + opt.budget} from scratch). Hyp {Path(opt.hyp).name}, fine-tuning "
+             f"{Path(opt.ft_hyp).name}. Seed {opt.seed}, imgsz {opt.imgsz}, batch "
              f"{opt.batch_size}. Latency: CPU batch 1, medians of {opt.latency_runs} runs in interleaved rounds, "
-             "fixed-shape fp32.", "",
-             "| method | GFLOPs target | mAP50-95 | mAP50 | P | R | params | GFLOPs | PyTorch ms | ORT ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "fixed-shape fp32. mAP50-95 square: every image letterboxed to imgsz x imgsz (val.py --square), as the "
+             "fixed-shape exports see them; the other columns use upstream's rectangular batches.", "",
+             "| method | GFLOPs target | mAP50-95 | mAP50 | mAP50-95 square | P | R | params | GFLOPs | PyTorch ms | "
+             "ORT ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = [rows[0], *sorted(rows[1:], key=lambda r: (-(r["target_gflops"] or 1), -r["mAP50-95"]))]
     for r in order:
         target = "-" if r["target_gflops"] is None else f"{r['target_gflops']:g}"
         lines.append(f"| {r['method']} | {target} | {_x(r, 'mAP50-95', '.3f')} | {_x(r, 'mAP50', '.3f')} | "
-                     f"{r['P']:.3f} | {r['R']:.3f} | {_x(r, 'params', ',')} | {_x(r, 'GFLOPs', '.3f')} | "
-                     f"{_x(r, 'ms_pt', '.1f')} | {_x(r, 'ms_ort', '.1f')} |")
+                     f"{_x(r, 'mAP50-95_square', '.3f')} | {r['P']:.3f} | {r['R']:.3f} | {_x(r, 'params', ',')} | "
+                     f"{_x(r, 'GFLOPs', '.3f')} | {_x(r, 'ms_pt', '.1f')} | {_x(r, 'ms_ort', '.1f')} |")
     hours = sum(s for r in rows for s in r["seconds"].values()) / 3600
     lines += ["", f"Training and pruning took {hours:.1f} h in all (results.json: seconds per stage). Every stage's "
               "command is in commands.sh.", "", "![pareto](pareto.png) ![base](base.png)"]

@@ -25,9 +25,11 @@ from models.yolo import DetectionModel  # noqa: E402
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
 from utils.files import yaml_load  # noqa: E402
 from utils.pruning.selection import kept_width  # noqa: E402
+from utils.stages import flag_values  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
-KEYS = {"method", "target_gflops", "weights", "P", "R", "mAP50", "mAP50-95", "params", "GFLOPs", "ms_pt", "ms_ort",
+KEYS = {"method", "target_gflops", "weights", "P", "R", "mAP50", "mAP50-95", "mAP50_square", "mAP50-95_square",
+        "params", "GFLOPs", "ms_pt", "ms_ort",
         "seconds", *(f"{k}_ratio" for k in compare.RATIO_KEYS)}
 
 
@@ -89,7 +91,7 @@ def test_every_method_runs_and_reports(bench):
     assert "n_base = 2" in md and "Seed 0" in md and "| tp-taylor | 0.5 |" in md
     assert (d / "pareto.png").stat().st_size > 0 and (d / "base.png").stat().st_size > 0
     commands = (d / "commands.sh").read_text().splitlines()
-    assert len(commands) == len(list(d.rglob("stage.json"))) == 21  # every stage once, each cached in its folder
+    assert len(commands) == len(list(d.rglob("stage.json"))) == 22  # every stage once, each cached in its folder
     assert commands[0].startswith("python train.py --weights ") and " --patience 20 " in commands[0]
     assert any(c.startswith("python benchmarks/tp_prune.py ") and "--importance taylor" in c for c in commands)
     uniform = json.loads((d / "taylor-uniform-0.5" / "prune" / "report.json").read_text())
@@ -109,9 +111,9 @@ def test_rerun_skips_every_finished_stage(bench, log_lines):
     again = compare.main(argv)
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
     assert not any("Starting training" in x for x in log_lines)
-    assert sum(x.startswith("pipeline: cached: ") for x in log_lines) == len(stamps) == 20
+    assert sum(x.startswith("pipeline: cached: ") for x in log_lines) == len(stamps) == 21
     assert any("adopting the finished run" in x for x in log_lines)
-    assert any("pipeline: [21/21] latency ... " in x and "elapsed, ETA " in x for x in log_lines)
+    assert any("pipeline: [22/22] latency ... " in x and "elapsed, ETA " in x for x in log_lines)
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
@@ -200,3 +202,31 @@ def test_control_fine_tunes_the_base_with_the_budget_and_nothing_else(bench):
     command = next(c for c in (d / "commands.sh").read_text().splitlines() if str(d / compare.CONTROL) in c)
     assert command.startswith(f"python finetune.py --weights {base['weights']} ") and " --epochs 2 " in command
     assert "\n| base | - |" in (md := (d / "results.md").read_text()) and f"|\n| {compare.CONTROL} | - |" in md
+
+
+def test_ft_hyp_reaches_the_fine_tuning_stages_only(tmp_path):
+    """--ft-hyp: every finetune.py stage (the control's too) gets it; the base and slim's sparse training keep --hyp;
+    a hyp that does not exist stops the run before the base trains."""
+    hyps = ROOT / "data" / "hyps"
+    argv = ["--data", "d.yaml", "--weights", "w.pt", "--project", str(tmp_path), "--methods", "slim", "l1",
+            compare.CONTROL, "--ft-hyp", str(hyps / "hyp.finetune-small.yaml")]
+    c = compare.Compare(compare.parse_opt(argv))
+    calls = []
+
+    def stage(script, main, args, epochs=0, refresh=False):
+        calls.append((script, dict(flag_values(args))))
+        return {"weights": "best.pt", "last": "last.pt", "save_dir": str(tmp_path), "mAP50-95": 0.5}
+
+    c.stage = stage
+    c.run_base()
+    for m in c.opt.methods:
+        c.method(m, 0.5)
+    hyp = {s: a["--hyp"] for s, a in calls if "--hyp" in a}
+    assert [s for s, _ in calls] == ["train.py", "train_sparse.py", "prune.py", "finetune.py", "prune.py",
+                                     "finetune.py", "finetune.py"]
+    assert hyp == {"train.py": str(hyps / "hyp.small.yaml"), "train_sparse.py": str(hyps / "hyp.small.yaml"),
+                   "finetune.py": str(hyps / "hyp.finetune-small.yaml")}
+    assert sum(a.get("--hyp") == str(hyps / "hyp.finetune-small.yaml") for _, a in calls) == 3
+    assert compare.parse_opt(argv[:-2]).ft_hyp == str(hyps / "hyp.small.yaml")  # default: --hyp
+    with pytest.raises(compare.UserError, match="--ft-hyp nope.yaml: no such file"):
+        compare.parse_opt([*argv[:-1], "nope.yaml"])

@@ -172,6 +172,22 @@ def test_val_and_detect_on_a_dynamic_export_match_pytorch(tmp_path, shapes_yaml)
     assert_detects_like(w, f, tmp_path)
 
 
+def test_square_checkpoint_evaluation_matches_its_fixed_shape_export(tmp_path, shapes_yaml):
+    """val.py --square letterboxes a checkpoint's images as its fixed-shape export sees them: the same figures; without
+    it, the checkpoint's rectangular batches (upstream's) give others."""
+    w = Path(shutil.copy(shared_path("fixtures", "upstream-yolov5n-shapes.pt"), tmp_path / "s.pt"))
+    f = export.main(["--weights", str(w), "--imgsz", "320"])[0]["onnx"]
+    common = ["--data", str(shapes_yaml), "--imgsz", "320", "--workers", "0", "--no-plots", "--latency-runs", "0",
+              "--project", str(tmp_path / "v"), "--batch-size", "1"]
+    square, onnx = val.main(["--weights", str(w), f, "--square", *common])
+    rect = val.main(["--weights", str(w), *common])[0]
+    assert square["square"] and onnx["square"] and not rect["square"]
+    for k in ("P", "R", "mAP50", "mAP50-95"):
+        assert square[k] == pytest.approx(onnx[k], abs=2e-3), k
+    assert max(abs(square[k] - rect[k]) for k in ("P", "R", "mAP50", "mAP50-95")) > 2e-3
+    assert rect["mAP50"] == pytest.approx(0.711, abs=0.01)  # upstream's figure: rect batches stay the default
+
+
 def test_fixed_export_in_val_uses_batch_1_square(n_ckpt, tmp_path, log_lines):
     data = make_dataset(tmp_path / "ds", n=3, nc=3)
     w = shutil.copy(n_ckpt, tmp_path / "f.pt")
