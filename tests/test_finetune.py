@@ -115,3 +115,30 @@ def test_teacher_with_other_classes_is_one_clear_line(tmp_path):
                    "--epochs", "1", "--imgsz", "64", "--device", "cpu", "--project", str(tmp_path / "runs"))
     assert_one_line_error(r, "--teacher", "nc=3")
     assert not list(tmp_path.glob("runs/*/weights/*.pt"))
+
+
+def test_bn_recalibration_draws_more_batches_for_the_saved_statistics():
+    """--bn-recal N: N training batches after every epoch, 4 x N after the last, whose statistics are
+    saved with the model; the running mean is the plain average over exactly the batches drawn."""
+    from types import SimpleNamespace
+
+    from utils.hooks import BNRecalibration
+
+    batches = [(torch.full((2, 3, 4, 4), float(i) * 255),) for i in range(100)]  # batch i: every pixel i
+    bn = torch.nn.BatchNorm2d(3).eval()
+    drawn = []
+
+    class Loader:
+        def __iter__(self):
+            for b in batches:
+                drawn.append(b)
+                yield b
+
+    for epoch, expect in ((0, 3), (4, 12)):  # FINAL_FACTOR 4
+        drawn.clear()
+        state = SimpleNamespace(ema=SimpleNamespace(ema=torch.nn.Sequential(bn)), loader=Loader(), epoch=epoch,
+                                epochs=5, device=torch.device("cpu"))
+        BNRecalibration(3).on_epoch_end(state)
+        assert len(drawn) == expect
+        assert bn.running_mean.tolist() == pytest.approx([(expect - 1) / 2] * 3)  # mean of 0 .. expect-1
+        assert not bn.training
