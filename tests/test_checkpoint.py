@@ -120,3 +120,32 @@ def test_bad_checkpoints_are_user_errors(tmp_path):
     torch.save(m.state_dict(), sd)
     with pytest.raises(UserError, match="not a YOLOv5 checkpoint"):
         load_checkpoint(sd)
+
+
+@pytest.mark.parametrize("when", ["creating", "writing"])
+def test_ctrl_c_while_saving_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, when):
+    """Ctrl-C inside the call that creates the temp file (its name not yet returned) or while writing it: the
+    previous file is untouched and no temp file is left (the suite once found one after a Ctrl-C under load)."""
+    import builtins
+
+    import utils.files as files
+
+    f = tmp_path / "best.pt"
+    f.write_bytes(b"old")
+
+    def interrupted_open(path, mode="r", *args, **kwargs):
+        h = builtins.open(path, mode, *args, **kwargs)  # the file exists now
+        if when == "creating":
+            h.close()
+            raise KeyboardInterrupt
+        return h
+
+    def write(fh):
+        fh.write(b"new, half")
+        if when == "writing":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "open", interrupted_open, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(f, write)
+    assert f.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import glob
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -61,12 +61,14 @@ def newest_run_file(name: str, roots: Iterable[str | Path]) -> Path | None:
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through a temp file in the same folder, then rename: readers never see a half-written file."""
+    """Write through a temp file in the same folder, then rename: readers never see a half-written file. The temp
+    name is chosen before the file exists, so that a Ctrl-C at any point (even inside the call that creates it) finds
+    it to remove."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, mode) as f:
+        with open(tmp, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
