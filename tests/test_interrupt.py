@@ -201,7 +201,9 @@ def test_ctrl_c_inside_torch_save_exits_130_with_one_line(tmp_path, capsys, monk
     from utils.checkpoint import save_checkpoint
     from utils.errors import cli
 
-    real_fdopen, writes = utils.files.os.fdopen, [0]
+    import builtins
+
+    writes = [0]
 
     class CutFile:  # a file whose third write is where the user presses Ctrl-C
         def __init__(self, f):
@@ -222,7 +224,7 @@ def test_ctrl_c_inside_torch_save_exits_130_with_one_line(tmp_path, capsys, monk
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(utils.files.os, "fdopen", lambda fd, mode: CutFile(real_fdopen(fd, mode)))
+    monkeypatch.setattr(utils.files, "open", lambda path, mode: CutFile(builtins.open(path, mode)), raising=False)
     with pytest.raises(SystemExit) as e:
         cli(lambda: save_checkpoint({"w": torch.zeros(1000), "v": torch.ones(1000)}, tmp_path / "last.pt"))()
     assert e.value.code == 130 and capsys.readouterr().err.strip() == "Interrupted"
