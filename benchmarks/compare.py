@@ -261,13 +261,10 @@ class Compare(Pipeline):
         """One val.py call and one latency run over the base and every final model: the rows of results.json."""
         o = self.opt
         weights = [self.base, *(r["weights"] for r in rows)]
-        records = self.stage("val.py", val.main, [
-            "--weights", *weights, *self.data_args(), "--latency-runs", "0", "--no-plots", "--project", str(self.dir),
-            "--name", "val", "--exist-ok", "--workers", str(o.workers), "--device", o.device], refresh=True)
-        square = self.stage("val.py", val.main, [
-            "--weights", *weights, *self.data_args(), "--square", "--latency-runs", "0", "--no-plots", "--project",
-            str(self.dir), "--name", "val-square", "--exist-ok", "--workers", str(o.workers), "--device", o.device],
-            refresh=True)
+        records, square = (self.stage("val.py", val.main, [
+            "--weights", *weights, *self.data_args(), *extra, "--latency-runs", "0", "--no-plots", "--project",
+            str(self.dir), "--name", name, "--exist-ok", "--workers", str(o.workers), "--device", o.device],
+            refresh=True) for name, extra in (("val", []), ("val-square", ["--square"])))
         times = self.stage("benchmarks/latency.py", latency.main, [
             "--weights", self.base, "--pruned", *(f"{r['tag']}={r['weights']}" for r in rows), "--data", o.data,
             "--imgsz", str(o.imgsz), "--runs", str(o.latency_runs), "--no-int8", "--backends", "pytorch", "onnxruntime",
