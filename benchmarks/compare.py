@@ -23,7 +23,9 @@ The defaults are the protocol:
    Fine-tuning is finetune.py --hyp hyp.small --noval (the final validation still runs); a method's model is its
    last.pt. --ft-hyp gives the fine-tuning stages (base-ft's too) a hyp of their own, e.g. the gentler
    hyp.finetune-small (lr0 0.002); the base, slim's sparse training and dense keep --hyp. --curve adds targets for
-   the best methods (--curve-methods chooses them).
+   the best methods (--curve-methods chooses them). --ft-seeds S ... fine-tunes every cut (and base-ft) again
+   with each seed (folders finetune-s<S>): the rows gain every seed's mAP50-95 and their mean, and the table ranks
+   by the mean; the base, the cuts and dense run once.
 3. val.py evaluates the base and every final model in one call (P, R, mAP50, mAP50-95, params, GFLOPs), in
    upstream's rectangular batches, and once more with --square (mAP50_square, mAP50-95_square): every image
    letterboxed to imgsz x imgsz, as the fixed-shape exports of the latency stage see them, and
@@ -73,6 +75,7 @@ CHOICES = (*METHODS, "l1-uniform", CONTROL)
 UNIFORM = "-uniform"  # a ranked method of prune.py with --allocation uniform
 EVAL = ("val", "val-square", "latency")  # the last stages
 RATIO_KEYS = ("mAP50-95", "mAP50", "mAP50-95_square", "params", "GFLOPs", "ms_pt", "ms_ort")
+MEAN_KEYS = ("mAP50-95_mean", "mAP50-95_square_mean")  # with --ft-seeds: the mean over every seed's fine-tuning
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +99,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batches", type=int, default=8, help="eagleeye's adaptive BN, taylor's gradients")
     p.add_argument("--dense-cfg", default="yolov5n.yaml", help="dense: the model yaml whose width_multiple is chosen")
     p.add_argument("--latency-runs", type=int, default=60, help="batch-1 runs per model and runtime")
+    p.add_argument("--ft-seeds", type=int, nargs="*", default=[],
+                   help="fine-tune every cut (and base-ft) again with each of these seeds: mean and spread per row")
     add_run_args(p, ROOT / "runs/compare", reuse=True)  # caching needs the same folder every time
     p.set_defaults(batch_size=8)
     return check_opt(p.parse_args(argv))
@@ -117,6 +122,7 @@ def check_opt(opt: argparse.Namespace) -> argparse.Namespace:
         raise UserError(f"--budget {opt.budget} leaves no fine-tuning after --sparse-epochs {opt.sparse_epochs}")
     opt.methods = list(dict.fromkeys(opt.methods))
     opt.curve = [g for g in dict.fromkeys(opt.curve) if g != opt.gflops]  # the --gflops rows are there already
+    opt.ft_seeds = [s for s in dict.fromkeys(opt.ft_seeds) if s != opt.seed]  # --seed is the first run of each
     return opt
 
 
@@ -151,10 +157,16 @@ class Compare(Pipeline):
         o, tag = self.opt, f"{method}-{g:g}"
         if method == "dense":
             return {tag: (self.n_base or o.base_epochs) + o.budget}
+        epochs = o.budget - (o.sparse_epochs if method == "slim" else 0)
+        tunes = {f"{CONTROL if method == CONTROL else tag}/{name}": epochs for name in self.finetune_names()}
         if method == CONTROL:
-            return {f"{CONTROL}/finetune": o.budget}
+            return tunes
         sparse = {"slim-sparse": o.sparse_epochs} if method == "slim" else {}
-        return {**sparse, f"{tag}/prune": 0, f"{tag}/finetune": o.budget - (o.sparse_epochs if sparse else 0)}
+        return {**sparse, f"{tag}/prune": 0, **tunes}
+
+    def finetune_names(self) -> dict[str, int]:
+        """{stage folder: seed} of every fine-tuning of one cut: 'finetune' (--seed), 'finetune-s<S>' (--ft-seeds)."""
+        return {"finetune": self.opt.seed, **{f"finetune-s{s}": s for s in self.opt.ft_seeds}}
 
     def replan(self, methods: list[str], targets: list[float]) -> None:
         """Add the stages of `methods` at `targets` before the evaluation stages."""
@@ -209,11 +221,17 @@ class Compare(Pipeline):
         else:
             pruned, names = self.cut(method, g)
         epochs = o.budget - (o.sparse_epochs if method == "slim" else 0)
-        rec = self.stage("finetune.py", finetune.main, [
-            "--weights", pruned, *self.train_args(epochs, o.ft_hyp), "--noval", "--project", str(self.dir / tag),
-            "--name", "finetune", *self.run_args()], epochs=epochs)
-        return {"method": method, "target_gflops": g, "weights": rec["last"], "tag": tag,
-                "fit": rec["mAP50-95"], "stages": {**names, "finetune": f"{tag}/finetune"}}
+        last = {}
+        for name, seed in self.finetune_names().items():
+            run = ["--seed", str(seed), *self.run_args()[2:]]  # run_args() starts with --seed
+            rec = self.stage("finetune.py", finetune.main, [
+                "--weights", pruned, *self.train_args(epochs, o.ft_hyp), "--noval", "--project", str(self.dir / tag),
+                "--name", name, *run], epochs=epochs)
+            last[name] = rec
+            names[name] = f"{tag}/{name}"
+        first = last.pop("finetune")
+        return {"method": method, "target_gflops": g, "weights": first["last"], "tag": tag, "fit": first["mAP50-95"],
+                "repeats": [r["last"] for r in last.values()], "stages": names}
 
     def dense(self, g: float) -> dict:
         """yolov5n (--dense-cfg) at the width nearest g x the base's GFLOPs, trained from scratch n_base + budget."""
@@ -260,7 +278,8 @@ class Compare(Pipeline):
     def evaluate(self, rows: list[dict]) -> list[dict]:
         """One val.py call and one latency run over the base and every final model: the rows of results.json."""
         o = self.opt
-        weights = [self.base, *(r["weights"] for r in rows)]
+        repeats = [w for r in rows for w in r.get("repeats", [])]
+        weights = [self.base, *(r["weights"] for r in rows), *repeats]
         records, square = (self.stage("val.py", val.main, [
             "--weights", *weights, *self.data_args(), *extra, "--latency-runs", "0", "--no-plots", "--project",
             str(self.dir), "--name", name, "--exist-ok", "--workers", str(o.workers), "--device", o.device],
@@ -273,6 +292,7 @@ class Compare(Pipeline):
         ms = {(t["model"], t["backend"]): t["ms"] for t in times}
         base = {"method": "base", "target_gflops": None, "weights": self.base, "tag": "base",
                 "stages": {"train": "base"}}
+        extra = iter(zip(records[len(rows) + 1:], square[len(rows) + 1:]))  # the --ft-seeds runs, in row order
         out = []
         for r, rec, sq in zip([base, *rows], records, square):
             row = {k: r[k] for k in ("method", "target_gflops", "weights")}
@@ -280,9 +300,16 @@ class Compare(Pipeline):
             row.update({f"{k}_square": sq[k] for k in ("mAP50", "mAP50-95")})
             row.update(ms_pt=ms[(r["tag"], "pytorch fp32")], ms_ort=ms[(r["tag"], "onnxruntime fp32")])
             row["seconds"] = {step: self.spent[name][0] for step, name in r["stages"].items()}
+            if o.ft_seeds:  # every seed's reading of the row (one for the base and dense), and their mean
+                runs = [(rec, sq), *(next(extra) for _ in r.get("repeats", []))]
+                row["seeds"] = [o.seed, *o.ft_seeds] if r.get("repeats") else [o.seed]
+                for k in ("mAP50-95", "mAP50-95_square"):
+                    v = [(a if k == "mAP50-95" else b)[k.removesuffix("_square")] for a, b in runs]
+                    row[f"{k}_seeds"], row[f"{k}_mean"] = v, sum(v) / len(v)
             out.append(row)
+        keys = [*RATIO_KEYS, *(MEAN_KEYS if o.ft_seeds else ())]
         for row in out:
-            row.update({f"{k}_ratio": round(row[k] / out[0][k], 4) if out[0][k] else None for k in RATIO_KEYS})
+            row.update({f"{k}_ratio": round(row[k] / out[0][k], 4) if out[0][k] else None for k in keys})
         return out
 
     def write(self, rows: list[dict]) -> list[dict]:
@@ -348,27 +375,39 @@ def _x(row: dict, key: str, fmt: str) -> str:
     return f"{row[key]:{fmt}} ({r:.2f}x)" if r is not None else f"{row[key]:{fmt}}"
 
 
+def _range(v: list[float]) -> str:
+    return f", {min(v):.3f}-{max(v):.3f}" if len(v) > 1 else ""
+
+
 def report(rows: list[dict], opt: argparse.Namespace, n_base: int, curve: list[tuple[int, float]]) -> str:
     """results.md: the protocol's figures in one table, mAP50-95 first, ratios to the base."""
     best = max(curve, key=lambda x: x[1])
     last = ", ".join(f"{m:.3f}" for _, m in curve[-5:])
+    seeds = (f" (every fine-tuning also with seed {', '.join(map(str, opt.ft_seeds))}: the mean columns give the mean "
+             "over the seeds and their range; base and dense ran once)") if opt.ft_seeds else ""
+    mean = [("mAP50-95 mean", "mAP50-95_mean"), ("mAP50-95 square mean", "mAP50-95_square_mean")] \
+        if opt.ft_seeds else []
     lines = [f"Data {opt.data}, val split; base fine-tuned from {opt.weights} for n_base = {n_base} epochs (at most "
              f"{opt.base_epochs}, patience {opt.base_patience}): best val mAP50-95 {best[1]:.3f} at epoch {best[0]}, "
              f"last epochs {last} (base.png). Every method keeps {opt.gflops:g} of the base's GFLOPs"
              f"{' (and ' + ', '.join(f'{g:g}' for g in opt.curve) + ' on the curve)' if opt.curve else ''} and trains "
              f"{opt.budget} epochs after the base (slim: {opt.sparse_epochs} sparse + {opt.budget - opt.sparse_epochs} "
              f"fine-tuning; dense: {n_base + opt.budget} from scratch). Hyp {Path(opt.hyp).name}, fine-tuning "
-             f"{Path(opt.ft_hyp).name}. Seed {opt.seed}, imgsz {opt.imgsz}, batch "
+             f"{Path(opt.ft_hyp).name}. Seed {opt.seed}{seeds}, imgsz {opt.imgsz}, batch "
              f"{opt.batch_size}. Latency: CPU batch 1, medians of {opt.latency_runs} runs in interleaved rounds, "
              "fixed-shape fp32. mAP50-95 square: every image letterboxed to imgsz x imgsz (val.py --square), as the "
              "fixed-shape exports see them; the other columns use upstream's rectangular batches.", "",
-             "| method | GFLOPs target | mAP50-95 | mAP50 | mAP50-95 square | P | R | params | GFLOPs | PyTorch ms | "
-             "ORT ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = [rows[0], *sorted(rows[1:], key=lambda r: (-(r["target_gflops"] or 1), -r["mAP50-95"]))]
+             "| method | GFLOPs target | mAP50-95 | mAP50 | mAP50-95 square | "
+             f"{''.join(f'{h} | ' for h, _ in mean)}P | R | params | GFLOPs | PyTorch ms | ORT ms |",
+             "|---|---|---|---|---|" + "---|" * len(mean) + "---|---|---|---|---|---|"]
+    rank = "mAP50-95_mean" if mean else "mAP50-95"
+    order = [rows[0], *sorted(rows[1:], key=lambda r: (-(r["target_gflops"] or 1), -r[rank]))]
     for r in order:
         target = "-" if r["target_gflops"] is None else f"{r['target_gflops']:g}"
+        spread = "".join(f"{_x(r, k, '.3f')}{_range(r[k.replace('_mean', '_seeds')])} | " for _, k in mean)
         lines.append(f"| {r['method']} | {target} | {_x(r, 'mAP50-95', '.3f')} | {_x(r, 'mAP50', '.3f')} | "
-                     f"{_x(r, 'mAP50-95_square', '.3f')} | {r['P']:.3f} | {r['R']:.3f} | {_x(r, 'params', ',')} | "
+                     f"{_x(r, 'mAP50-95_square', '.3f')} | {spread}{r['P']:.3f} | {r['R']:.3f} | "
+                     f"{_x(r, 'params', ',')} | "
                      f"{_x(r, 'GFLOPs', '.3f')} | {_x(r, 'ms_pt', '.1f')} | {_x(r, 'ms_ort', '.1f')} |")
     hours = sum(s for r in rows for s in r["seconds"].values()) / 3600
     lines += ["", f"Training and pruning took {hours:.1f} h in all (results.json: seconds per stage). Every stage's "

@@ -230,3 +230,78 @@ def test_ft_hyp_reaches_the_fine_tuning_stages_only(tmp_path):
     assert compare.parse_opt(argv[:-2]).ft_hyp == str(hyps / "hyp.small.yaml")  # default: --hyp
     with pytest.raises(compare.UserError, match="--ft-hyp nope.yaml: no such file"):
         compare.parse_opt([*argv[:-1], "nope.yaml"])
+
+
+def test_ft_seeds_fine_tune_every_cut_again_and_report_the_mean(tmp_path):
+    """--ft-seeds 1: every finetune.py stage (base-ft's too) runs again with --seed 1 in finetune-s1; dense and the
+    base run once; val.py reads every run and the rows carry each seed's figure, their mean and its ratio."""
+    argv = ["--data", "d.yaml", "--weights", "w.pt", "--project", str(tmp_path), "--name", "s", "--methods", "l1",
+            "taylor", "dense", compare.CONTROL, "--ft-seeds", "1", "0", "1"]
+    c = compare.Compare(compare.parse_opt(argv))
+    assert c.opt.ft_seeds == [1]  # --seed 0 is the first run of every row; repeats dropped
+    fit = {"l1": (0.50, 0.40), "taylor": (0.45, 0.57), compare.CONTROL: (0.60, 0.62)}  # (seed 0, seed 1)
+    calls = []
+
+    def stage(script, main, args, epochs=0, refresh=False):
+        a = dict(flag_values(args))
+        calls.append((script, a))
+        if script == "val.py":
+            return [{"P": 0.5, "R": 0.5, "mAP50": 0.9, "mAP50-95": score[w], "params": 10, "GFLOPs": 1.0}
+                    for w in a["--weights"].split()]
+        if script == "benchmarks/latency.py":
+            return [{"model": m, "backend": b, "ms": 1.0} for m in ("base", "l1-0.5", "taylor-0.5", "dense-0.5",
+                                                                     compare.CONTROL) for b in
+                    ("pytorch fp32", "onnxruntime fp32")]
+        d = Path(a["--project"]) / a["--name"]
+        c.spent[str(d.relative_to(c.dir))] = (1.0, 0)
+        return {"weights": str(d / "best.pt"), "last": str(d / "last.pt"), "save_dir": str(d), "mAP50-95": 0.5}
+
+    c.stage = stage
+    (c.dir / "base").mkdir()
+    tiny_weights(c.dir / "base" / "best.pt")  # dense reads the base's classes and GFLOPs
+    c.run_base()
+    c.spent["base"] = (1.0, 0)
+    rows = [c.method(m, 0.5) for m in c.opt.methods]
+    tunes = [a for s, a in calls if s == "finetune.py"]
+    assert [(Path(a["--project"]).name, a["--name"], a["--seed"]) for a in tunes] == [
+        ("l1-0.5", "finetune", "0"), ("l1-0.5", "finetune-s1", "1"), ("taylor-0.5", "finetune", "0"),
+        ("taylor-0.5", "finetune-s1", "1"), ("base-ft", "finetune", "0"), ("base-ft", "finetune-s1", "1")]
+    assert sum(s == "train.py" for s, _ in calls) == 2  # the base and dense, once each
+    score = {c.base: 0.6, rows[2]["weights"]: 0.3}
+    for r in rows:
+        if r["method"] in fit:
+            score[r["weights"]], score[r["repeats"][0]] = fit[r["method"]]
+    # val.py lists every run once (rect and square); the latency stage only the rows
+    out = c.evaluate(rows)
+    val_weights = [a["--weights"].split() for s, a in calls if s == "val.py"]
+    assert len(val_weights) == 2 and val_weights[0] == val_weights[1] and len(set(val_weights[0])) == 8
+    by = {r["method"]: r for r in out}
+    assert by["l1"]["mAP50-95_seeds"] == [0.50, 0.40] and by["l1"]["mAP50-95_mean"] == pytest.approx(0.45)
+    assert by["taylor"]["mAP50-95_square_seeds"] == [0.45, 0.57] and by["taylor"]["seeds"] == [0, 1]
+    assert by["dense"]["mAP50-95_seeds"] == [0.3] and by["base"]["seeds"] == [0]
+    assert by["taylor"]["mAP50-95_mean_ratio"] == pytest.approx(0.51 / 0.6, abs=1e-4)
+    assert set(by["l1"]["seconds"]) == {"prune", "finetune", "finetune-s1"}
+    md = compare.report(out, c.opt, 3, [(0, 0.5), (1, 0.6)])
+    assert "| mAP50-95 mean | mAP50-95 square mean |" in md and "also with seed 1" in md
+    assert "| 0.510 (0.85x), 0.450-0.570 |" in md
+    rows_md = [x.split(" | ")[0] for x in md.splitlines() if x.startswith("| ") and " | 0.5 | " in x]
+    assert rows_md == ["| taylor", "| l1", "| dense"]  # ranked by the mean, not by seed 0 (l1 0.50 > taylor 0.45)
+
+
+@pytest.mark.slow
+def test_ft_seeds_end_to_end(bench):
+    """--ft-seeds 1 on the finished run: only the seed-1 fine-tunings train (other seed, other weights), val.py
+    reads them, and the rows report both seeds."""
+    _, d, argv = bench
+    train = {f: f.stat().st_mtime_ns for f in d.rglob("stage.json") if f.parent.name not in compare.EVAL}
+    rows = compare.main([*argv, "--methods", "l1", "--ft-seeds", "1"])
+    assert {f: f.stat().st_mtime_ns for f in train} == train
+    l1 = rows[1]
+    assert l1["method"] == "l1" and l1["seeds"] == [0, 1] and l1["mAP50-95_seeds"][0] == l1["mAP50-95"]
+    assert l1["mAP50-95_mean"] == pytest.approx(sum(l1["mAP50-95_seeds"]) / 2)
+    a = load_model(l1["weights"]).state_dict()
+    b = load_model(d / "l1-0.5" / "finetune-s1" / "weights" / "last.pt").state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    command = next(c for c in (d / "commands.sh").read_text().splitlines() if "--name finetune-s1" in c)
+    assert " --seed 1 " in command and "l1-0.5/prune/pruned.pt" in command
+    assert "| mAP50-95 mean |" in (d / "results.md").read_text()
