@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
@@ -179,6 +180,11 @@ def settings_from(opt: argparse.Namespace) -> tuple[Method, PruneSettings]:
         ranked = ", ".join(name for name, cls in METHODS.items() if cls.ranked)
         raise UserError(f"--allocation {opt.allocation} applies to the ranked methods ({ranked}); --method "
                         f"{opt.method} decides each layer's width itself")
+    takes = {f.name for f in fields(METHODS[opt.method])}
+    if opt.group_score != "max" and "group_score" not in takes:
+        users = ", ".join(name for name, cls in METHODS.items() if "group_score" in {f.name for f in fields(cls)})
+        raise UserError(f"--group-score reduces BN |gamma| over a group and applies to --method {users}; --method "
+                        f"{opt.method} scores a group its own way, so it would change nothing")
     if opt.sensitivity and opt.method != DEFAULT_METHOD:
         raise UserError("--sensitivity analyses the model and prunes nothing; for pruning by it use "
                         "--method sensitivity --max-drop X")

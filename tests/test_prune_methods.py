@@ -195,3 +195,12 @@ def test_bad_method_settings_are_one_line(tmp_path, n_model, args, needle):
     r = run_script("prune.py", "--weights", str(w), *args, "--imgsz", "64", "--project", str(tmp_path / "p"))
     assert_one_line_error(r, needle)
     assert not any((tmp_path / "p").glob("*/pruned.pt"))
+
+
+def test_an_option_the_method_cannot_use_is_a_one_line_error():
+    """--group-score (slim's |gamma| reduction) with taylor, and --allocation with a method that sizes layers itself,
+    would change nothing: both stop with one line instead of a cut that silently ignored them."""
+    assert_one_line_error(run_script("prune.py", "--weights", "x.pt", "--method", "taylor", "--group-score", "mean"),
+                          "--group-score", "--method slim", "--method taylor")
+    assert_one_line_error(run_script("prune.py", "--weights", "x.pt", "--method", "eagleeye", "--flops-target", "0.5",
+                                     "--allocation", "uniform"), "--allocation uniform", "--method eagleeye")
