@@ -385,14 +385,18 @@ def report(rows: list[dict], opt: argparse.Namespace, n_base: int, curve: list[t
     last = ", ".join(f"{m:.3f}" for _, m in curve[-5:])
     seeds = (f" (every fine-tuning also with seed {', '.join(map(str, opt.ft_seeds))}: the mean columns give the mean "
              "over the seeds and their range; base and dense ran once)") if opt.ft_seeds else ""
+    methods = {r["method"] for r in rows}
+    split = "; ".join([*([f"slim: {opt.sparse_epochs} sparse + {opt.budget - opt.sparse_epochs} fine-tuning"]
+                         if "slim" in methods else []),
+                       *([f"dense: {n_base + opt.budget} from scratch"] if "dense" in methods else [])])
+    split = f" ({split})" if split else ""
     mean = [("mAP50-95 mean", "mAP50-95_mean"), ("mAP50-95 square mean", "mAP50-95_square_mean")] \
         if opt.ft_seeds else []
     lines = [f"Data {opt.data}, val split; base fine-tuned from {opt.weights} for n_base = {n_base} epochs (at most "
              f"{opt.base_epochs}, patience {opt.base_patience}): best val mAP50-95 {best[1]:.3f} at epoch {best[0]}, "
              f"last epochs {last} (base.png). Every method keeps {opt.gflops:g} of the base's GFLOPs"
              f"{' (and ' + ', '.join(f'{g:g}' for g in opt.curve) + ' on the curve)' if opt.curve else ''} and trains "
-             f"{opt.budget} epochs after the base (slim: {opt.sparse_epochs} sparse + {opt.budget - opt.sparse_epochs} "
-             f"fine-tuning; dense: {n_base + opt.budget} from scratch). Hyp {Path(opt.hyp).name}, fine-tuning "
+             f"{opt.budget} epochs after the base{split}. Hyp {Path(opt.hyp).name}, fine-tuning "
              f"{Path(opt.ft_hyp).name}. Seed {opt.seed}{seeds}, imgsz {opt.imgsz}, batch "
              f"{opt.batch_size}. Latency: CPU batch 1, medians of {opt.latency_runs} runs in interleaved rounds, "
              "fixed-shape fp32. mAP50-95 square: every image letterboxed to imgsz x imgsz (val.py --square), as the "
