@@ -181,10 +181,12 @@ def settings_from(opt: argparse.Namespace) -> tuple[Method, PruneSettings]:
         raise UserError(f"--allocation {opt.allocation} applies to the ranked methods ({ranked}); --method "
                         f"{opt.method} decides each layer's width itself")
     takes = {f.name for f in fields(METHODS[opt.method])}
-    if opt.group_score != "max" and "group_score" not in takes:
-        users = ", ".join(name for name, cls in METHODS.items() if "group_score" in {f.name for f in fields(cls)})
-        raise UserError(f"--group-score reduces BN |gamma| over a group and applies to --method {users}; --method "
-                        f"{opt.method} scores a group its own way, so it would change nothing")
+    for key, default in (("group_score", "max"), ("taylor_score", "bn")):  # options only some methods read
+        if getattr(opt, key) != default and key not in takes:
+            flag = "--" + key.replace("_", "-")
+            users = ", ".join(name for name, cls in METHODS.items() if key in {f.name for f in fields(cls)})
+            raise UserError(f"{flag} applies to --method {users}; --method {opt.method} scores channels its own "
+                            "way, so it would change nothing")
     if opt.sensitivity and opt.method != DEFAULT_METHOD:
         raise UserError("--sensitivity analyses the model and prunes nothing; for pruning by it use "
                         "--method sensitivity --max-drop X")
@@ -387,6 +389,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="slim, l1, taylor: global = one ranking over all layers; uniform = one share of each layer")
     p.add_argument("--group-score", default="max", choices=("max", "mean"),
                    help="score of a channel shared by several BNs (a residual group): max or mean of their |gamma|")
+    p.add_argument("--taylor-score", default="bn", choices=("bn", "weights"),
+                   help="taylor: bn = BN gamma/beta terms; weights = every parameter a channel owns (Torch-Pruning's)")
     p.add_argument("--data", type=str, default="", help="dataset yaml: evaluate before and after pruning")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="size for GFLOPs and evaluation")
     p.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")

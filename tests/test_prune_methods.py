@@ -198,9 +198,11 @@ def test_bad_method_settings_are_one_line(tmp_path, n_model, args, needle):
 
 
 def test_an_option_the_method_cannot_use_is_a_one_line_error():
-    """--group-score (slim's |gamma| reduction) with taylor, and --allocation with a method that sizes layers itself,
-    would change nothing: both stop with one line instead of a cut that silently ignored them."""
+    """--group-score (slim's |gamma| reduction) with taylor, --taylor-score with l1, and --allocation with a method
+    that sizes layers itself would change nothing: each stops with one line instead of a cut that ignored it."""
     assert_one_line_error(run_script("prune.py", "--weights", "x.pt", "--method", "taylor", "--group-score", "mean"),
                           "--group-score", "--method slim", "--method taylor")
+    assert_one_line_error(run_script("prune.py", "--weights", "x.pt", "--method", "l1", "--taylor-score", "weights"),
+                          "--taylor-score", "--method taylor", "--method l1")
     assert_one_line_error(run_script("prune.py", "--weights", "x.pt", "--method", "eagleeye", "--flops-target", "0.5",
                                      "--allocation", "uniform"), "--allocation uniform", "--method eagleeye")

@@ -21,7 +21,7 @@ from utils.pruning.graph import ChannelGroup, Member, build_groups
 from utils.pruning.methods import create
 from utils.pruning.pruner import PruneSettings, SearchData, prune_model
 from utils.pruning.sensitivity import Cuts, Curve, choose_ratios, drop_for_flops, kept_width
-from utils.pruning.taylor import taylor_scores
+from utils.pruning.taylor import taylor_scores, weight_taylor_scores
 from utils.torch_utils import model_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -230,3 +230,55 @@ def test_channel_cost_of_sensitivity_widths(n_model):
                       create("sensitivity", max_drop=0.5))
     assert model_flops(res.model, 128) == pytest.approx(cost.gflops([kept_width(g.channels, 0.5) for g in groups]),
                                                         rel=2e-3)
+
+
+def test_weight_taylor_scores_equal_a_hand_computation(n_model):
+    """--taylor-score weights: gradients summed over the batches, then per channel sum |p * grad| over each owned
+    parameter (members' conv output kernels, BN gamma and beta, non-depth-wise consumers' input kernels), the mean
+    over those layers, divided by the group's mean."""
+    groups = build_groups(n_model)
+    k, residual = next((k, g) for k, g in enumerate(groups) if g.residual)
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.rand(1, 3, 64, 64, generator=gen), torch.zeros(0, 6)) for _ in range(2)]
+
+    def loss(out, t):
+        return sum((p.float() ** 2).mean() for p in out[1])
+
+    scores = weight_taylor_scores(n_model, groups, batches, loss)
+    assert [len(s) for s in scores] == [g.channels for g in groups]
+    modules = dict(n_model.named_modules())
+    owned = []
+    for mem in residual.members:
+        sl = slice(mem.offset, mem.offset + residual.channels)
+        owned += [(modules[mem.conv].weight, sl, 0), (modules[mem.bn].weight, sl, 0), (modules[mem.bn].bias, sl, 0)]
+    owned += [(modules[c].weight, slice(off, off + residual.channels), 1) for c, off in residual.consumers
+              if modules[c].weight.shape[1] > 1]
+    params = list({id(p): p for p, _, _ in owned}.values())
+    summed = {id(p): torch.zeros_like(p) for p in params}
+    for x, _ in batches:
+        for p in n_model.parameters():
+            p.requires_grad_(True)
+        for p, g in zip(params, torch.autograd.grad(loss(n_model(x), None), params)):
+            summed[id(p)] += g
+    layers = []
+    for p, sl, dim in owned:
+        imp = (p * summed[id(p)]).detach().abs()
+        imp = imp[sl] if dim == 0 else imp[:, sl].transpose(0, 1)
+        layers.append(imp.reshape(residual.channels, -1).sum(1))
+    by_hand = torch.stack(layers).mean(0)
+    assert torch.allclose(scores[k], by_hand / by_hand.mean(), rtol=1e-4, atol=1e-6)
+    assert scores[k].mean().item() == pytest.approx(1.0, abs=1e-5)
+    bn_only = taylor_scores(n_model, groups, batches, loss)[k]
+    assert not torch.allclose(scores[k], bn_only / bn_only.mean())  # another criterion than the default
+
+
+def test_taylor_score_weights_prunes_other_channels_and_says_so(tmp_path, n_model):
+    res = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320), _search_data(n_model),
+                      create("taylor", allocation="uniform", taylor_score="weights"))
+    bn = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320), _search_data(n_model),
+                     create("taylor", allocation="uniform"))
+    assert [len(v) for v in res.keep.values()] == [len(v) for v in bn.keep.values()]  # same widths (uniform)
+    assert any(not torch.equal(res.keep[i], bn.keep[i]) for i in res.keep)  # other channels
+    assert_rebuilds(res.model)
+    assert "--taylor-score weights" in res.method.flags(res.settings)
+    assert "--taylor-score" not in bn.method.flags(bn.settings)

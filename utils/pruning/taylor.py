@@ -14,7 +14,7 @@ is the criterion as published and scores channels whose shift carries the signal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -34,9 +34,27 @@ def taylor_scores(model: nn.Module, groups: list[ChannelGroup], batches: Iterabl
     modules = dict(model.named_modules())
     bns = {name: modules[name] for g in groups for name in g.bns}
     params = [p for b in bns.values() for p in (b.weight, b.bias)]
+    totals = [torch.zeros(g.channels) for g in groups]
+    n = 0
+    for grads in loss_grads(model, params, batches, loss_fn):
+        grads = dict(zip(params, grads))
+        per_bn = {name: (b.weight * grads[b.weight] + b.bias * grads[b.bias]).detach().float().cpu()
+                  for name, b in bns.items()}
+        for k, g in enumerate(groups):
+            s = torch.zeros(g.channels)
+            for m in g.members:
+                s += per_bn[m.bn][m.offset:m.offset + g.channels]
+            totals[k] += s.abs()
+        n += 1
+    return [t / n for t in totals]
+
+
+def loss_grads(model: nn.Module, params: list[torch.Tensor], batches: Iterable[Batch],
+               loss_fn: Callable[[object, torch.Tensor], torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The gradients of `params` for each batch's loss, the model in eval mode with only `params` requiring grad;
+    mode, requires_grad and .grad of every parameter are restored afterwards. ValueError when there is no batch."""
     saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     was_training = model.training
-    totals = [torch.zeros(g.channels) for g in groups]
     n = 0
     try:
         model.eval()
@@ -45,15 +63,7 @@ def taylor_scores(model: nn.Module, groups: list[ChannelGroup], batches: Iterabl
         for p in params:
             p.requires_grad_(True)
         for imgs, targets in tqdm(list(batches), desc="taylor: batches", bar_format="{l_bar}{bar:10}{r_bar}"):
-            loss = loss_fn(model(imgs), targets)
-            grads = dict(zip(params, torch.autograd.grad(loss, params)))
-            per_bn = {name: (b.weight * grads[b.weight] + b.bias * grads[b.bias]).detach().float().cpu()
-                      for name, b in bns.items()}
-            for k, g in enumerate(groups):
-                s = torch.zeros(g.channels)
-                for m in g.members:
-                    s += per_bn[m.bn][m.offset:m.offset + g.channels]
-                totals[k] += s.abs()
+            yield torch.autograd.grad(loss_fn(model(imgs), targets), params)
             n += 1
     finally:
         for p, req, grad in saved:
@@ -62,4 +72,43 @@ def taylor_scores(model: nn.Module, groups: list[ChannelGroup], batches: Iterabl
         model.train(was_training)
     if n == 0:
         raise ValueError("taylor importance needs at least one batch")
-    return [t / n for t in totals]
+
+
+def weight_taylor_scores(model: nn.Module, groups: list[ChannelGroup], batches: Iterable[Batch],
+                         loss_fn: Callable[[object, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """Per group, the Taylor importance over every parameter a channel owns (`prune.py --taylor-score weights`).
+
+    The loss gradients are summed over `batches` first; then each coupled layer scores a channel by sum |p * grad|
+    over its entries of that channel: a member's conv output kernel, its BN gamma and beta, a consumer conv's input
+    kernel (not depth-wise consumers, whose kernel is the member's own). A group's score is the mean over those
+    layers, divided by the group's mean score, so groups of different depth rank on one scale. This is the scoring
+    Torch-Pruning's GroupTaylorImportance uses with its defaults; taylor_scores (the default) uses the BN terms only.
+    Model, gradients and requires_grad are left as they were."""
+    modules = dict(model.named_modules())
+
+    def owned(g: ChannelGroup) -> list[tuple[torch.Tensor, int, int]]:  # (parameter, channel dim, offset)
+        out = []
+        for m in g.members:
+            bn = modules[m.bn]
+            out += [(modules[m.conv].weight, 0, m.offset), (bn.weight, 0, m.offset), (bn.bias, 0, m.offset)]
+        for c, off in g.consumers:
+            w = modules[c].weight
+            if w.shape[1] > 1:
+                out.append((w, 1, off))
+        return out
+
+    per_group = [owned(g) for g in groups]
+    params = list({id(p): p for entries in per_group for p, _, _ in entries}.values())
+    summed = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params}
+    for grads in loss_grads(model, params, batches, loss_fn):
+        for p, gr in zip(params, grads):
+            summed[id(p)] += gr.float()
+    scores = []
+    for g, entries in zip(groups, per_group):
+        layers = []
+        for p, dim, off in entries:
+            imp = (p.detach().float() * summed[id(p)]).abs().narrow(dim, off, g.channels)
+            layers.append(imp.transpose(0, dim).reshape(g.channels, -1).sum(1))
+        s = torch.stack(layers).mean(0)
+        scores.append(s / s.mean().clamp_min(1e-12))
+    return scores
