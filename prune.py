@@ -164,6 +164,14 @@ def warn_drop(rec: dict) -> None:
                        + (f"; remedy: {METHODS[s['method']].remedy}" if s.get("live_removed") else ""))
 
 
+IGNORED = "scores channels its own way, so it would change nothing"
+METHOD_OPTIONS = (  # (option, its default, the methods that read it, why another ignores it): prune.py stops instead
+    ("allocation", "global", "the ranked methods", "decides each layer's width itself"),
+    ("group_score", "max", "the methods that rank BN |gamma|", IGNORED),
+    ("taylor_score", "bn", "the Taylor method", IGNORED),
+)
+
+
 def settings_from(opt: argparse.Namespace) -> tuple[Method, PruneSettings]:
     """The method (--method with its own options) and the shared settings; UserError for what they cannot honour."""
     auto = opt.percent == "auto"
@@ -176,17 +184,11 @@ def settings_from(opt: argparse.Namespace) -> tuple[Method, PruneSettings]:
             Sensitivity.from_flags(vars(opt)).check_ratios()
     except ValueError as e:
         raise UserError(str(e)) from None
-    if opt.allocation != "global" and not method.ranked:
-        ranked = ", ".join(name for name, cls in METHODS.items() if cls.ranked)
-        raise UserError(f"--allocation {opt.allocation} applies to the ranked methods ({ranked}); --method "
-                        f"{opt.method} decides each layer's width itself")
-    takes = {f.name for f in fields(METHODS[opt.method])}
-    for key, default in (("group_score", "max"), ("taylor_score", "bn")):  # options only some methods read
-        if getattr(opt, key) != default and key not in takes:
-            flag = "--" + key.replace("_", "-")
+    for key, default, who, why in METHOD_OPTIONS:  # an option the chosen method has no field for would be ignored
+        if getattr(opt, key) != default and key not in {f.name for f in fields(METHODS[opt.method])}:
             users = ", ".join(name for name, cls in METHODS.items() if key in {f.name for f in fields(cls)})
-            raise UserError(f"{flag} applies to --method {users}; --method {opt.method} scores channels its own "
-                            "way, so it would change nothing")
+            raise UserError(f"--{key.replace('_', '-')} {getattr(opt, key)} applies to {who}: --method {users}; "
+                            f"--method {opt.method} {why}")
     if opt.sensitivity and opt.method != DEFAULT_METHOD:
         raise UserError("--sensitivity analyses the model and prunes nothing; for pruning by it use "
                         "--method sensitivity --max-drop X")

@@ -34,6 +34,7 @@ from utils.evaluate import evaluate_model, val_loader  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
+from utils.pruning.data import first_batches  # noqa: E402
 from utils.torch_utils import recalibrate_bn  # noqa: E402
 
 PREFIX = colorstr("bn_noise: ")
@@ -63,12 +64,7 @@ def train_batches(data: dict, hyp: dict, imgsz: int, batch_size: int, stride: in
     """The first n augmented training batches of the loader seeded `seed`, as float images in [0, 1]."""
     loader = create_dataloader(data["train"], imgsz, batch_size, stride, hyp=hyp, augment=True, shuffle=True,
                                workers=workers, nc=data["nc"], seed=seed, prefix=colorstr("train: "))[0]
-    out = []
-    for x, *_ in loader:
-        out.append(x.float() / 255)
-        if len(out) >= n:
-            break
-    return out
+    return [x for x, _ in first_batches(loader, n * batch_size)]
 
 
 def noise_rows(model, data: dict, hyp: dict, opt: argparse.Namespace) -> list[dict]:

@@ -157,12 +157,16 @@ class Compare(Pipeline):
         o, tag = self.opt, f"{method}-{g:g}"
         if method == "dense":
             return {tag: (self.n_base or o.base_epochs) + o.budget}
-        epochs = o.budget - (o.sparse_epochs if method == "slim" else 0)
-        tunes = {f"{CONTROL if method == CONTROL else tag}/{name}": epochs for name in self.finetune_names()}
+        tunes = {f"{CONTROL if method == CONTROL else tag}/{name}": self.ft_epochs(method)
+                 for name in self.finetune_names()}
         if method == CONTROL:
             return tunes
         sparse = {"slim-sparse": o.sparse_epochs} if method == "slim" else {}
         return {**sparse, f"{tag}/prune": 0, **tunes}
+
+    def ft_epochs(self, method: str) -> int:
+        """Fine-tuning epochs of a cut: the budget, less slim's sparse epochs."""
+        return self.opt.budget - (self.opt.sparse_epochs if method == "slim" else 0)
 
     def finetune_names(self) -> dict[str, int]:
         """{stage folder: seed} of every fine-tuning of one cut: 'finetune' (--seed), 'finetune-s<S>' (--ft-seeds)."""
@@ -220,13 +224,12 @@ class Compare(Pipeline):
             tag, g, pruned, names = CONTROL, None, self.base, {}
         else:
             pruned, names = self.cut(method, g)
-        epochs = o.budget - (o.sparse_epochs if method == "slim" else 0)
+        epochs = self.ft_epochs(method)
         last = {}
         for name, seed in self.finetune_names().items():
-            run = ["--seed", str(seed), *self.run_args()[2:]]  # run_args() starts with --seed
             rec = self.stage("finetune.py", finetune.main, [
                 "--weights", pruned, *self.train_args(epochs, o.ft_hyp), "--noval", "--project", str(self.dir / tag),
-                "--name", name, *run], epochs=epochs)
+                "--name", name, *self.run_args(seed)], epochs=epochs)
             last[name] = rec
             names[name] = f"{tag}/{name}"
         first = last.pop("finetune")
@@ -303,8 +306,8 @@ class Compare(Pipeline):
             if o.ft_seeds:  # every seed's reading of the row (one for the base and dense), and their mean
                 runs = [(rec, sq), *(next(extra) for _ in r.get("repeats", []))]
                 row["seeds"] = [o.seed, *o.ft_seeds] if r.get("repeats") else [o.seed]
-                for k in ("mAP50-95", "mAP50-95_square"):
-                    v = [(a if k == "mAP50-95" else b)[k.removesuffix("_square")] for a, b in runs]
+                for k, v in (("mAP50-95", [a["mAP50-95"] for a, _ in runs]),
+                             ("mAP50-95_square", [b["mAP50-95"] for _, b in runs])):
                     row[f"{k}_seeds"], row[f"{k}_mean"] = v, sum(v) / len(v)
             out.append(row)
         keys = [*RATIO_KEYS, *(MEAN_KEYS if o.ft_seeds else ())]

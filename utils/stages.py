@@ -149,10 +149,11 @@ class Pipeline:
         o = self.opt
         return ["--data", o.data, "--imgsz", str(o.imgsz), "--batch-size", str(o.batch_size)]
 
-    def run_args(self) -> list[str]:
-        """How every stage runs: --seed, --exist-ok, --workers, --device."""
+    def run_args(self, seed: int | None = None) -> list[str]:
+        """How every stage runs: --seed (default: the run's), --exist-ok, --workers, --device."""
         o = self.opt
-        return ["--seed", str(o.seed), "--exist-ok", "--workers", str(o.workers), "--device", o.device]
+        return ["--seed", str(o.seed if seed is None else seed), "--exist-ok", "--workers", str(o.workers), "--device",
+                o.device]
 
     def common(self) -> list[str]:
         return [*self.data_args(), *self.run_args()]
