@@ -13,7 +13,8 @@ The defaults are the protocol:
    slim: train_sparse.py --sparse-epochs 15 with --sparse-args, prune.py --method slim, finetune.py budget - 15;
    l1, taylor, eagleeye: prune.py --method m (eagleeye: --candidates 20 --calib-batches 8), finetune.py budget;
    taylor-uniform (and l1-uniform, on request): the same with --allocation uniform, every layer cut by one share
-   as Torch-Pruning does, which separates the criterion from the allocation;
+   as Torch-Pruning does, which separates the criterion from the allocation; --taylor-score weights gives both
+   taylor rows prune.py's Taylor score over every parameter a channel owns instead of its BN terms;
    tp-magnitude, tp-taylor: benchmarks/tp_prune.py (Torch-Pruning's pruners), finetune.py budget;
    base-ft (on request), the control: the base itself, unpruned, through finetune.py for the budget: what the
    budget's epochs are worth without a cut (above the base: the base had not converged, read the ratios against it;
@@ -97,6 +98,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the methods cut at --curve (default: the two best of ours and Torch-Pruning's best)")
     p.add_argument("--candidates", type=int, default=20, help="eagleeye: random sub-nets")
     p.add_argument("--calib-batches", type=int, default=8, help="eagleeye's adaptive BN, taylor's gradients")
+    p.add_argument("--taylor-score", default=None, choices=("bn", "weights"),
+                   help="taylor rows: prune.py --taylor-score (default: prune.py's own, bn)")
     p.add_argument("--dense-cfg", default="yolov5n.yaml", help="dense: the model yaml whose width_multiple is chosen")
     p.add_argument("--latency-runs", type=int, default=60, help="batch-1 runs per model and runtime")
     p.add_argument("--ft-seeds", type=int, nargs="*", default=[],
@@ -208,7 +211,8 @@ class Compare(Pipeline):
         else:
             name = method.removesuffix(UNIFORM)
             extra = {"eagleeye": ["--candidates", str(o.candidates), "--calib-batches", str(o.calib_batches)],
-                     "taylor": ["--calib-batches", str(o.calib_batches)]}.get(name, [])
+                     "taylor": ["--calib-batches", str(o.calib_batches),
+                                *(["--taylor-score", o.taylor_score] if o.taylor_score else [])]}.get(name, [])
             if name != method:
                 extra += ["--allocation", "uniform"]
             rec = self.stage("prune.py", prune.main, [

@@ -232,6 +232,34 @@ def test_ft_hyp_reaches_the_fine_tuning_stages_only(tmp_path):
         compare.parse_opt([*argv[:-1], "nope.yaml"])
 
 
+def test_taylor_score_reaches_the_taylor_cuts_only(tmp_path):
+    """--taylor-score weights: both taylor rows' prune.py stages get it, l1's and eagleeye's do not; without it no
+    prune.py stage names it (prune.py's own default, so earlier runs' stages stay cached)."""
+    def prune_args(extra):
+        argv = ["--data", "d.yaml", "--weights", "w.pt", "--project", str(tmp_path), "--methods", "l1", "taylor",
+                "taylor-uniform", "eagleeye", *extra]
+        c = compare.Compare(compare.parse_opt(argv))
+        calls = {}
+
+        def stage(script, main, args, epochs=0, refresh=False):
+            a = dict(flag_values(args))
+            if script == "prune.py":
+                calls[Path(a["--project"]).name] = a
+            return {"weights": "best.pt", "last": "last.pt", "save_dir": str(tmp_path), "mAP50-95": 0.5}
+
+        c.stage = stage
+        c.run_base()
+        for m in c.opt.methods:
+            c.cut(m, 0.5)
+        return calls
+
+    calls = prune_args(["--taylor-score", "weights"])
+    assert {k: a.get("--taylor-score") for k, a in calls.items()} == {
+        "l1-0.5": None, "taylor-0.5": "weights", "taylor-uniform-0.5": "weights", "eagleeye-0.5": None}
+    assert calls["taylor-uniform-0.5"]["--allocation"] == "uniform"
+    assert all("--taylor-score" not in a for a in prune_args([]).values())
+
+
 def test_ft_seeds_fine_tune_every_cut_again_and_report_the_mean(tmp_path):
     """--ft-seeds 1: every finetune.py stage (base-ft's too) runs again with --seed 1 in finetune-s1; dense and the
     base run once; val.py reads every run and the rows carry each seed's figure, their mean and its ratio."""

@@ -78,7 +78,16 @@ def test_uniform_allocation_cuts_every_group_by_one_share(tmp_path, n_model):
                       "--imgsz", "64", "--project", str(tmp_path / "p")])
     assert rec["command"].endswith("--method l1 --percent 0.5 --allocation uniform")
     assert [x["kept"] for x in rec["layers"]] == [kept_width(x["channels"], 0.5) for x in rec["layers"]]
-    assert "allocation uniform" in (Path(rec["save_dir"]) / "report.md").read_text()
+    assert "allocation uniform" in (md := (Path(rec["save_dir"]) / "report.md").read_text())
+    assert "group score" not in md  # l1 ignores --group-score, so its report does not name one
+
+
+def test_report_names_the_group_score_only_where_it_is_used():
+    s = {"method": "slim", "percent": 0.5, "threshold": 0.1, "safe_percent": 0.8, "group_score": "mean",
+         "skip_shortcut": False, "min_channels": 8, "round_to": 1}
+    assert "group score `mean`, skip shortcut" in create("slim", group_score="mean").criterion(s)[0]
+    for name in ("l1", "taylor"):
+        assert "group score" not in " ".join(create(name).criterion({**s, "method": name, "calib_batches": 8}))
 
 
 def test_l1_scores_are_filter_norms_over_the_group_mean(n_model):

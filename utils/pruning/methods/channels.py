@@ -152,8 +152,8 @@ class Ranked(ChannelMethod):
 
     def criterion(self, s: dict) -> list[str]:
         pct = s.get("percent_used", s["percent"])
-        rest = (f"group score `{s['group_score']}`, skip shortcut {s['skip_shortcut']}, min channels "
-                f"{s['min_channels']}, round to {s['round_to']}.")
+        group = f"group score `{s['group_score']}`, " if hasattr(self, "group_score") else ""  # slim's family only
+        rest = f"{group}skip shortcut {s['skip_shortcut']}, min channels {s['min_channels']}, round to {s['round_to']}."
         if s.get("allocation") == "uniform":
             return [f"Method `{s['method']}`, allocation uniform: every group loses the share {pct:.4g} of its "
                     f"channels, ranked within the group; {rest}"]
