@@ -53,6 +53,7 @@ from utils.pruning.data import SearchData, first_batches, yolo_loss
 from utils.pruning.graph import build_groups
 from utils.pruning.methods import METHODS, Method, PruneResult, PruneSettings
 from utils.pruning.methods.channels import ALLOCATIONS
+from utils.pruning.methods.taylor import SCORES as TAYLOR_SCORES
 from utils.pruning.methods.sensitivity import Sensitivity
 from utils.pruning.pruner import prune_model
 from utils.pruning.report import EVAL_KEYS, decision, model_figures, plot_channels, write_report
@@ -391,7 +392,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="slim, l1, taylor: global = one ranking over all layers; uniform = one share of each layer")
     p.add_argument("--group-score", default="max", choices=("max", "mean"),
                    help="score of a channel shared by several BNs (a residual group): max or mean of their |gamma|")
-    p.add_argument("--taylor-score", default="bn", choices=("bn", "weights"),
+    p.add_argument("--taylor-score", default="bn", choices=TAYLOR_SCORES,
                    help="taylor: bn = BN gamma/beta terms; weights = every parameter a channel owns (Torch-Pruning's)")
     p.add_argument("--data", type=str, default="", help="dataset yaml: evaluate before and after pruning")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="size for GFLOPs and evaluation")

@@ -63,6 +63,7 @@ from utils.checkpoint import load_model  # noqa: E402
 from utils.errors import UserError, cli  # noqa: E402
 from utils.files import atomic_write, yaml_load  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
+from utils.pruning.methods.taylor import SCORES as TAYLOR_SCORES  # noqa: E402
 from utils.pruning.yaml_writer import yaml_text  # noqa: E402
 from utils.stages import Pipeline, add_run_args, epochs_run  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
@@ -98,7 +99,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the methods cut at --curve (default: the two best of ours and Torch-Pruning's best)")
     p.add_argument("--candidates", type=int, default=20, help="eagleeye: random sub-nets")
     p.add_argument("--calib-batches", type=int, default=8, help="eagleeye's adaptive BN, taylor's gradients")
-    p.add_argument("--taylor-score", default=None, choices=("bn", "weights"),
+    p.add_argument("--taylor-score", default=None, choices=TAYLOR_SCORES,
                    help="taylor rows: prune.py --taylor-score (default: prune.py's own, bn)")
     p.add_argument("--dense-cfg", default="yolov5n.yaml", help="dense: the model yaml whose width_multiple is chosen")
     p.add_argument("--latency-runs", type=int, default=60, help="batch-1 runs per model and runtime")
