@@ -108,6 +108,21 @@ def _clock(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _moved_to(rec: dict, d: Path) -> dict:
+    """A finished run's record with the paths inside the run rebased onto d: a run copied from another folder (another
+    --name adopting the same base) must point at its own files, not at the ones it was written beside."""
+    w = rec.get("weights")
+    if not isinstance(w, str) or Path(w).parent.name != "weights":
+        return rec
+    old = Path(w).parent.parent  # <run>/weights/best.pt
+    out = {}
+    for k, v in rec.items():
+        if isinstance(v, str) and Path(v).is_relative_to(old) and old != d:
+            v = str(d / Path(v).relative_to(old))
+        out[k] = v
+    return out
+
+
 def run_stage(d: Path, main: Callable, argv: list[str]) -> tuple[object, float]:
     """Run one stage (resuming or adopting a training run found in d); return its record and seconds."""
     t0 = time.time()
@@ -121,7 +136,7 @@ def run_stage(d: Path, main: Callable, argv: list[str]) -> tuple[object, float]:
             return main(["--resume", str(last), *runtime]), before + time.time() - t0
         if (d / "results.json").is_file():
             LOGGER.info(f"{PREFIX}adopting the finished run in {d} (its opt.yaml matches)")
-            rec = json.loads((d / "results.json").read_text())
+            rec = _moved_to(json.loads((d / "results.json").read_text()), d)
             return rec, rec.get("hours", 0.0) * 3600
         (d / "results.csv").unlink(missing_ok=True)  # a run that saved no checkpoint starts over: no stale rows
     return main(argv), time.time() - t0
