@@ -112,15 +112,11 @@ def _moved_to(rec: dict, d: Path) -> dict:
     """A finished run's record with the paths inside the run rebased onto d: a run copied from another folder (another
     --name adopting the same base) must point at its own files, not at the ones it was written beside."""
     w = rec.get("weights")
-    if not isinstance(w, str) or Path(w).parent.name != "weights":
-        return rec
+    if not isinstance(w, str) or Path(w).parent.name != "weights" or Path(w).parent.parent == d:
+        return rec  # not a training record, or adopted where it was written
     old = Path(w).parent.parent  # <run>/weights/best.pt
-    out = {}
-    for k, v in rec.items():
-        if isinstance(v, str) and Path(v).is_relative_to(old) and old != d:
-            v = str(d / Path(v).relative_to(old))
-        out[k] = v
-    return out
+    return {k: str(d / Path(v).relative_to(old)) if isinstance(v, str) and Path(v).is_relative_to(old) else v
+            for k, v in rec.items()}
 
 
 def run_stage(d: Path, main: Callable, argv: list[str]) -> tuple[object, float]:
