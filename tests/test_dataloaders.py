@@ -12,10 +12,12 @@ import torch
 from torch.utils.data import DistributedSampler
 
 import utils.label_cache as label_cache
+from conftest import ROOT
 from helpers import COLOURS, assert_boxes_on_objects
 from utils.augmentations import HYP_DEFAULTS
 from utils.boxes import xywhn2xyxy
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
+from utils.hyp import load_hyp
 
 OFF = {**HYP_DEFAULTS, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "fliplr": 0.0,
        "mosaic": 0.0}  # every augmentation off; tests switch on the one they check
@@ -75,6 +77,29 @@ def test_training_samples_keep_every_box_on_its_object(tmp_path, name, hyp, min_
             if strict:  # nothing can be cut off: every object keeps its box
                 assert len(boxes) == len(ds.labels[i]), name
             assert_boxes_on_objects(bgr, boxes, min_fill, tol, strict=strict, tight_at_border=hyp is not ROTATED)
+
+
+@pytest.mark.parametrize("hyp_file,fixed", [("hyp.fixed-scale.yaml", True), ("hyp.finetune-fixed-scale.yaml", True),
+                                            ("hyp.small.yaml", False)])
+def test_fixed_scale_hyps_keep_every_object_at_its_size(tmp_path, hyp_file, fixed):
+    """The fixed-scale hyps translate and flip but never zoom: every object inside the sample keeps its size in
+    pixels (the images are 128 wide, so loading at 128 does not resize them); hyp.small's scale jitter does not."""
+    img = colour_dataset(tmp_path, n=6)
+    hyp = {**load_hyp(ROOT / "data" / "hyps" / hyp_file), "mosaic": 0.0}
+    kept = resized = 0
+    for seed in range(3):
+        ds = LoadImagesAndLabels(img, 128, 4, augment=True, hyp=hyp, seed=seed)
+        for i in range(len(ds)):
+            _, boxes = sample_boxes(*ds[i][:2])
+            sizes = {int(c): (w * 128, h * 96) for c, _, _, w, h in ds.labels[i]}
+            for c, x1, y1, x2, y2 in boxes:
+                if min(x1, y1) < 1 or x2 > 127 or y2 > 127:  # cut by the sample's edge
+                    continue
+                w, h = sizes[int(c)]
+                same = abs(x2 - x1 - w) < 0.5 and abs(y2 - y1 - h) < 0.5
+                kept, resized = kept + same, resized + (not same)
+    assert kept + resized > 20  # enough objects inside the samples to tell
+    assert (resized == 0) if fixed else (resized > 10 * kept), (kept, resized)
 
 
 def test_mosaic_samples_and_close_mosaic(tmp_path):
