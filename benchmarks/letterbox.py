@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.boxes import box_iou, scale_boxes, xywh2xyxy  # noqa: E402
+from utils.augmentations import letterbox  # noqa: E402
+from utils.boxes import box_iou, scale_boxes, xywhn2xyxy  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.data import check_dataset  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
@@ -66,12 +67,9 @@ def readings(frames: list[int], fills: list[int]) -> list[tuple[int, int]]:
 def framed(im: np.ndarray, frame: int, fill: int, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
     """`im` centred on a canvas `frame` pixels wider on every side, rounded up to `stride`; returns it and the
     (left, top) offset of the image."""
-    h, w = im.shape[:2]
-    ch, cw = (math.ceil((n + 2 * frame) / stride) * stride for n in (h, w))
-    left, top = (cw - w) // 2, (ch - h) // 2
-    canvas = np.full((ch, cw, 3), fill, np.uint8)
-    canvas[top:top + h, left:left + w] = im
-    return canvas, (left, top)
+    shape = tuple(math.ceil((n + 2 * frame) / stride) * stride for n in im.shape[:2])
+    canvas, _, (dw, dh) = letterbox(im, shape, color=(fill,) * 3, auto=False, scaleup=False)
+    return canvas, (round(dw - 0.1), round(dh - 0.1))  # the padding letterbox applied on the left and top
 
 
 def size_errors(pred: torch.Tensor, labels: torch.Tensor, conf: float) -> list[tuple[float, float]]:
@@ -101,7 +99,7 @@ def read(model, dataset, frame: int, fill: int, opt: argparse.Namespace) -> dict
                                    time_limit=math.inf)[0]
         scale_boxes(canvas.shape[:2], pred[:, :4], (h0, w0), ((h / h0, w / w0), pad))
         lab = torch.as_tensor(dataset.labels[i], dtype=torch.float32).reshape(-1, 5)
-        labels = torch.cat((lab[:, :1], xywh2xyxy(lab[:, 1:5]) * torch.tensor([w0, h0, w0, h0])), 1)
+        labels = torch.cat((lab[:, :1], xywhn2xyxy(lab[:, 1:5], w0, h0)), 1)
         correct = torch.as_tensor(match_predictions(pred, labels, IOUV)) if len(pred) and len(labels) else \
             torch.zeros(len(pred), len(IOUV), dtype=torch.bool)
         stats.append((correct, pred[:, 4], pred[:, 5], labels[:, 0]))
