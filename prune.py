@@ -168,6 +168,7 @@ def warn_drop(rec: dict) -> None:
 IGNORED = "scores channels its own way, so it would change nothing"
 METHOD_OPTIONS = (  # (option, its default, the methods that read it, why another ignores it): prune.py stops instead
     ("allocation", "global", "the ranked methods", "decides each layer's width itself"),
+    ("max_layer_percent", 1.0, "the ranked methods", "decides each layer's width itself"),
     ("group_score", "max", "the methods that rank BN |gamma|", IGNORED),
     ("taylor_score", "bn", "the Taylor method", IGNORED),
 )
@@ -208,7 +209,8 @@ def flag_record(opt: argparse.Namespace) -> dict:
             "min_channels": opt.min_channels, "round_to": opt.round, "group_score": opt.group_score,
             "flops_target": opt.flops_target, "layers": opt.layers, "candidates": opt.candidates,
             "calib_batches": opt.calib_batches, "seed": opt.seed, "imgsz": opt.imgsz, "max_drop": opt.max_drop,
-            "ratios": tuple(opt.ratios), "adaptive_bn": opt.adaptive_bn, "auto": auto, "allocation": opt.allocation}
+            "ratios": tuple(opt.ratios), "adaptive_bn": opt.adaptive_bn, "auto": auto, "allocation": opt.allocation,
+            "max_layer_percent": opt.max_layer_percent}
 
 
 def command(method: Method, s: PruneSettings) -> str:
@@ -390,6 +392,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--round", type=int, default=1, help="round each kept width up to a multiple of this (8 for GPUs)")
     p.add_argument("--allocation", default="global", choices=ALLOCATIONS,
                    help="slim, l1, taylor: global = one ranking over all layers; uniform = one share of each layer")
+    p.add_argument("--max-layer-percent", type=float, default=1.0,
+                   help="slim, l1, taylor with the global ranking: the most of its channels any one layer may lose")
     p.add_argument("--group-score", default="max", choices=("max", "mean"),
                    help="score of a channel shared by several BNs (a residual group): max or mean of their |gamma|")
     p.add_argument("--taylor-score", default="bn", choices=TAYLOR_SCORES,

@@ -15,6 +15,7 @@ The defaults are the protocol:
    taylor-uniform (and l1-uniform, on request): the same with --allocation uniform, every layer cut by one share
    as Torch-Pruning does, which separates the criterion from the allocation; --taylor-score weights gives both
    taylor rows prune.py's Taylor score over every parameter a channel owns instead of its BN terms;
+   --max-layer-percent P caps the global ranking of slim, l1 and taylor (no layer loses more than P);
    tp-magnitude, tp-taylor: benchmarks/tp_prune.py (Torch-Pruning's pruners), finetune.py budget;
    base-ft (on request), the control: the base itself, unpruned, through finetune.py for the budget: what the
    budget's epochs are worth without a cut (above the base: the base had not converged, read the ratios against it;
@@ -75,6 +76,7 @@ METHODS = (*OURS, *TP, "dense")  # the default rows
 CONTROL = "base-ft"  # the unpruned base fine-tuned with the budget
 CHOICES = (*METHODS, "l1-uniform", CONTROL)
 UNIFORM = "-uniform"  # a ranked method of prune.py with --allocation uniform
+RANKED = ("slim", "l1", "taylor")  # prune.py's global ranking: --max-layer-percent caps it
 EVAL = ("val", "val-square", "latency")  # the last stages
 RATIO_KEYS = ("mAP50-95", "mAP50", "mAP50-95_square", "params", "GFLOPs", "ms_pt", "ms_ort")
 MEAN_KEYS = ("mAP50-95_mean", "mAP50-95_square_mean")  # with --ft-seeds: the mean over every seed's fine-tuning
@@ -101,6 +103,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-batches", type=int, default=8, help="eagleeye's adaptive BN, taylor's gradients")
     p.add_argument("--taylor-score", default=None, choices=TAYLOR_SCORES,
                    help="taylor rows: prune.py --taylor-score (default: prune.py's own, bn)")
+    p.add_argument("--max-layer-percent", type=float, default=1.0,
+                   help="slim, l1, taylor rows (the global ranking): prune.py --max-layer-percent")
     p.add_argument("--dense-cfg", default="yolov5n.yaml", help="dense: the model yaml whose width_multiple is chosen")
     p.add_argument("--latency-runs", type=int, default=60, help="batch-1 runs per model and runtime")
     p.add_argument("--ft-seeds", type=int, nargs="*", default=[],
@@ -119,6 +123,8 @@ def check_opt(opt: argparse.Namespace) -> argparse.Namespace:
         if f is not None and not Path(f).is_file():
             raise UserError(f"{flag} {f}: no such file")
     opt.ft_hyp = opt.ft_hyp or opt.hyp
+    if not 0 < opt.max_layer_percent <= 1:
+        raise UserError(f"--max-layer-percent must be in (0, 1]; got {opt.max_layer_percent}")
     if opt.budget < 1 or opt.base_epochs < 1 or opt.sparse_epochs < 1:
         raise UserError("--budget, --base-epochs and --sparse-epochs must be at least 1")
     slim = "slim" in opt.methods or "slim" in (opt.curve_methods or [])
@@ -216,6 +222,8 @@ class Compare(Pipeline):
                                 *(["--taylor-score", o.taylor_score] if o.taylor_score else [])]}.get(name, [])
             if name != method:
                 extra += ["--allocation", "uniform"]
+            elif name in RANKED and o.max_layer_percent < 1:
+                extra += ["--max-layer-percent", f"{o.max_layer_percent:g}"]
             rec = self.stage("prune.py", prune.main, [
                 "--weights", src, "--method", name, "--flops-target", f"{g:g}", *common, *extra, *out])
         return str(Path(rec["save_dir"]) / "pruned.pt"), {**names, "prune": f"{tag}/prune"}

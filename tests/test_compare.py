@@ -232,9 +232,10 @@ def test_ft_hyp_reaches_the_fine_tuning_stages_only(tmp_path):
         compare.parse_opt([*argv[:-1], "nope.yaml"])
 
 
-def test_taylor_score_reaches_the_taylor_cuts_only(tmp_path):
-    """--taylor-score weights: both taylor rows' prune.py stages get it, l1's and eagleeye's do not; without it no
-    prune.py stage names it (prune.py's own default, so earlier runs' stages stay cached)."""
+def test_cut_flags_reach_only_the_cuts_that_read_them(tmp_path):
+    """--taylor-score weights: both taylor rows' prune.py stages get it, l1's and eagleeye's do not;
+    --max-layer-percent: the global rankings (l1, taylor) get it, the uniform and eagleeye cuts do not; without them no
+    prune.py stage names them (prune.py's own defaults, so earlier runs' stages stay cached)."""
     def prune_args(extra):
         argv = ["--data", "d.yaml", "--weights", "w.pt", "--project", str(tmp_path), "--methods", "l1", "taylor",
                 "taylor-uniform", "eagleeye", *extra]
@@ -258,6 +259,12 @@ def test_taylor_score_reaches_the_taylor_cuts_only(tmp_path):
         "l1-0.5": None, "taylor-0.5": "weights", "taylor-uniform-0.5": "weights", "eagleeye-0.5": None}
     assert calls["taylor-uniform-0.5"]["--allocation"] == "uniform"
     assert all("--taylor-score" not in a for a in prune_args([]).values())
+    calls = prune_args(["--max-layer-percent", "0.8"])
+    assert {k: a.get("--max-layer-percent") for k, a in calls.items()} == {
+        "l1-0.5": "0.8", "taylor-0.5": "0.8", "taylor-uniform-0.5": None, "eagleeye-0.5": None}
+    assert all("--max-layer-percent" not in a for a in prune_args([]).values())
+    with pytest.raises(compare.UserError, match="--max-layer-percent"):
+        prune_args(["--max-layer-percent", "1.5"])
 
 
 def test_ft_seeds_fine_tune_every_cut_again_and_report_the_mean(tmp_path):

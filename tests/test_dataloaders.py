@@ -205,6 +205,17 @@ def test_label_cache_is_reused_until_a_file_changes(tmp_path, log_lines, monkeyp
     assert len(calls) == 5 and cache.read_bytes() != b"garbage"
 
 
+def test_a_long_list_of_files_is_logged_by_its_count(tmp_path, log_lines):
+    """prune.py builds its calibration and held-out splits from file lists: the scan line names how many, not all."""
+    img = colour_dataset(tmp_path, n=5)
+    files = sorted(str(f) for f in Path(img).glob("*.png"))
+    assert len(LoadImagesAndLabels(files, 64, nc=7).im_files) == 5
+    line = next(x for x in log_lines if "Scanned" in x)
+    assert line.startswith(f"Scanned 5 paths ({files[0]}, ...): 5 images") and files[1] not in line
+    LoadImagesAndLabels(files[:2], 64, nc=7)  # a short list (e.g. a yaml's train: [dir1, dir2]) is named in full
+    assert str(files[:2]) in log_lines[-1]
+
+
 def _umask() -> int:
     m = os.umask(0)
     os.umask(m)

@@ -82,6 +82,33 @@ def test_uniform_allocation_cuts_every_group_by_one_share(tmp_path, n_model):
     assert "group score" not in md  # l1 ignores --group-score, so its report does not name one
 
 
+def test_max_layer_percent_caps_what_the_global_ranking_takes_from_one_group(tmp_path, n_model):
+    """--max-layer-percent P: the global ranking still decides, but no group keeps fewer than kept_width(n, P), the
+    groups it alone protects are not reported as clamped, and the FLOPs target is still met by cutting elsewhere."""
+    from utils.pruning.selection import select_channels
+
+    scores = [torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.arange(10.0, 22.0)]  # the ranking empties group 0 first
+    keep, clamped = select_channels(scores, 0.25, max_share=0.5)
+    assert keep[0].tolist() == [2, 3] and len(keep[1]) == 12 and clamped == []
+    assert select_channels(scores, 0.25)[0][0].tolist() == [3]  # uncapped: min_channels 1 and clamped
+    assert select_channels(scores, 0.25)[1] == [0]
+    free = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320), method="l1")
+    capped = prune_model(n_model, PruneSettings(flops_target=0.5, imgsz=320),
+                         method=create("l1", max_layer_percent=0.4))
+    assert min(len(free.keep[k]) / g.channels for k, g in enumerate(free.groups)) < 0.6  # the cap binds
+    for k, g in enumerate(capped.groups):
+        assert len(capped.keep[k]) >= kept_width(g.channels, 0.4)
+    assert 0.48 <= model_flops(capped.model, 320) / model_flops(n_model, 320) <= 0.5 + 1e-3
+    assert capped.details["percent_used"] > free.details["percent_used"]  # more taken from the uncapped groups
+    assert_rebuilds(capped.model)
+    w = save_model(n_model, tmp_path / "n.pt")
+    rec = prune.main(["--weights", str(w), "--method", "slim", "--percent", "0.5", "--max-layer-percent", "0.6",
+                      "--imgsz", "64", "--project", str(tmp_path / "p")])
+    assert rec["command"].endswith("--method slim --percent 0.5 --max-layer-percent 0.6")
+    assert all(x["kept"] >= kept_width(x["channels"], 0.6) for x in rec["layers"])
+    assert "no layer losing more than 0.6" in (Path(rec["save_dir"]) / "report.md").read_text()
+
+
 def test_report_names_the_group_score_only_where_it_is_used():
     s = {"method": "slim", "percent": 0.5, "threshold": 0.1, "safe_percent": 0.8, "group_score": "mean",
          "skip_shortcut": False, "min_channels": 8, "round_to": 1}
@@ -198,6 +225,10 @@ def test_eagleeye_on_the_upstream_fixture(tmp_path, shapes_yaml):
     (["--method", "l1", "--flops-target", "1.5"], "--flops-target"),
     (["--method", "l1", "--percent", "auto", "--allocation", "uniform"], "--allocation global"),
     (["--method", "eagleeye", "--flops-target", "0.5", "--allocation", "uniform"], "ranked methods"),
+    (["--method", "l1", "--percent", "0.5", "--max-layer-percent", "0"], "(0, 1]"),
+    (["--method", "l1", "--percent", "0.5", "--allocation", "uniform", "--max-layer-percent", "0.8"], "caps"),
+    (["--method", "eagleeye", "--flops-target", "0.5", "--max-layer-percent", "0.8"], "ranked methods"),
+    (["--method", "l1", "--flops-target", "0.05", "--max-layer-percent", "0.5"], "the most --max-layer-percent 0.5"),
 ])
 def test_bad_method_settings_are_one_line(tmp_path, n_model, args, needle):
     w = save_model(n_model, tmp_path / "n.pt")

@@ -76,6 +76,8 @@ class LoadImagesAndLabels(Dataset):
         if augment and self.hyp["copy_paste"] > 0:
             LOGGER.warning(f"{prefix}WARNING: copy_paste needs segment labels and is ignored by this loader")
         files = list_images(path)
+        if isinstance(path, (list, tuple)) and len(path) > 3:  # e.g. prune.py's calibration files: not every name
+            path = f"{len(path)} paths ({path[0]}, ...)"
         if not files:
             raise UserError(f"{prefix}no images found in {path}")
         good, warnings = verify_dataset_cached(files, nc, workers, prefix)

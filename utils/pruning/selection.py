@@ -15,11 +15,12 @@ import torch
 
 
 def select_channels(scores: list[torch.Tensor], percent: float, min_channels: int = 1,
-                    round_to: int = 1) -> tuple[dict[int, torch.Tensor], list[int]]:
+                    round_to: int = 1, max_share: float = 1.0) -> tuple[dict[int, torch.Tensor], list[int]]:
     """Per group, the channels to keep. One global ranking of all group channels by score (ties broken by position,
     so the share removed is exactly `percent` even where scores tie); the lowest floor(percent * n) are removed,
-    then each group is topped up by score to `min_channels` and rounded up to a multiple of `round_to` (never past
-    its size). Returns (group -> sorted kept indices, the groups that the ranking alone left below min_channels)."""
+    then each group is topped up by score to `min_channels` and to what losing at most `max_share` of it leaves
+    (kept_width), and rounded up to a multiple of `round_to` (never past its size). Returns (group -> sorted kept
+    indices, the groups that the ranking alone left below min_channels, where the cap did not keep more)."""
     if not scores:
         return {}, []
     flat = torch.cat([s.float().flatten() for s in scores])
@@ -30,8 +31,9 @@ def select_channels(scores: list[torch.Tensor], percent: float, min_channels: in
     for k, (s, gone) in enumerate(zip(scores, removed.split([s.numel() for s in scores]))):
         n = s.numel()
         above = int((~gone).sum())
-        need = min(max(above, min_channels, 1), n)
-        if above < min(min_channels, n):
+        floor = kept_width(n, max_share) if max_share < 1 else 1  # the cap's, above min_channels: not clamped
+        need = min(max(above, min_channels, floor), n)
+        if above < min(min_channels, n) and floor <= min_channels:
             clamped.append(k)
         need = min(math.ceil(need / round_to) * round_to, n)
         # the ranking's survivors first (a stable sort keeps its tie-break), then the best of the rest

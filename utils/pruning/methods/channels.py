@@ -6,6 +6,8 @@ cut it, then count the live channels removed. `Ranked` selects by one global thr
 that lands on the FLOPs target, or --percent auto's): slim, l1, taylor and layer+slim differ only in their scores.
 With --allocation uniform a Ranked method removes that share of every group instead, ranking channels only within
 a group (how Torch-Pruning allocates by default), so the two choices, criterion and allocation, can be compared apart.
+--max-layer-percent caps the global ranking: no group loses more than that share of its channels (Torch-Pruning's
+max_pruning_ratio), a middle way between the two allocations.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class Ranked(ChannelMethod):
     ranked: ClassVar[bool] = True
 
     allocation: str = "global"  # global: one ranking over every group; uniform: the same share of each group
+    max_layer_percent: float = 1.0  # global: the most of its channels any one group may lose
 
     def check(self, s: PruneSettings) -> None:
         if self.allocation not in ALLOCATIONS:
@@ -123,13 +126,20 @@ class Ranked(ChannelMethod):
         if self.allocation == "uniform" and s.auto:
             raise ValueError("--percent auto cuts the channels that collapsed in one global ranking; it needs "
                              "--allocation global")
+        if not 0 < self.max_layer_percent <= 1:
+            raise ValueError(f"--max-layer-percent must be in (0, 1], the most of its channels one layer may lose; "
+                             f"got {self.max_layer_percent}")
+        if self.allocation == "uniform" and self.max_layer_percent < 1:
+            raise ValueError("--max-layer-percent caps the global ranking; --allocation uniform already removes the "
+                             "same share of every layer")
         super().check(s)
 
     def choose(self, scores: list[torch.Tensor], percent: float,
                s: PruneSettings) -> tuple[dict[int, torch.Tensor], list[int]]:
         """The channels to keep at `percent` by this method's allocation, and the groups clamped to min_channels."""
-        pick = select_uniform if self.allocation == "uniform" else select_channels
-        return pick(scores, percent, s.min_channels, s.round_to)
+        if self.allocation == "uniform":
+            return select_uniform(scores, percent, s.min_channels, s.round_to)
+        return select_channels(scores, percent, s.min_channels, s.round_to, self.max_layer_percent)
 
     def select(self, cut: Cut, s: PruneSettings, data: SearchData) -> PruneResult:
         scores = cut.scores
@@ -148,7 +158,9 @@ class Ranked(ChannelMethod):
                            cut.details)
 
     def flags(self, s: PruneSettings) -> str:
-        return " --allocation uniform" if self.allocation == "uniform" else ""
+        if self.allocation == "uniform":
+            return " --allocation uniform"
+        return f" --max-layer-percent {self.max_layer_percent:g}" if self.max_layer_percent < 1 else ""
 
     def criterion(self, s: dict) -> list[str]:
         pct = s.get("percent_used", s["percent"])
@@ -157,8 +169,10 @@ class Ranked(ChannelMethod):
         if s.get("allocation") == "uniform":
             return [f"Method `{s['method']}`, allocation uniform: every group loses the share {pct:.4g} of its "
                     f"channels, ranked within the group; {rest}"]
+        cap = s.get("max_layer_percent", 1.0)
+        cap = f"no layer losing more than {cap:g} of its channels (--max-layer-percent), " if cap < 1 else ""
         return [f"Method `{s['method']}`, percent {pct:.4g}, threshold {s['threshold']:.4g} (channels scoring below "
-                f"it removed), {rest}",
+                f"it removed), {cap}{rest}",
                 f"Largest safe percent (no layer emptied by the threshold alone): {s['safe_percent']:.3f}."]
 
     def choice(self, s: dict) -> list[str]:
@@ -181,8 +195,11 @@ def percent_for_flops(method: Ranked, scores: list[torch.Tensor], cost: ChannelC
 
     lo, hi = 0.0, 1.0 - 1e-9
     if gflops(hi) > target:
-        raise ValueError(f"--flops-target {s.flops_target:g}: even removing every channel but "
-                         f"--min-channels {s.min_channels} leaves {gflops(hi):.3g} GFLOPs > {target:.3g}")
+        cap = getattr(method, "max_layer_percent", 1.0)
+        most = f"the most --max-layer-percent {cap:g} allows" if cap < 1 else \
+            f"every channel but --min-channels {s.min_channels}"
+        raise ValueError(f"--flops-target {s.flops_target:g}: even removing {most} leaves {gflops(hi):.3g} GFLOPs "
+                         f"> {target:.3g}")
     total = sum(x.numel() for x in scores)
     for _ in range(max(8, math.ceil(math.log2(total)) + 2)):  # down to one channel's worth of percent
         mid = (lo + hi) / 2
