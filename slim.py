@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops-target", type=float, default=0.0, help="prune.py --flops-target (0: cut --percent)")
     p.add_argument("--round", type=int, default=1, help="prune.py --round (16 for fast ONNX Runtime CPU kernels)")
     p.add_argument("--allocation", choices=ALLOCATIONS, default="global", help="prune.py --allocation")
+    p.add_argument("--max-layer-percent", type=float, default=1.0, help="prune.py --max-layer-percent")
     p.add_argument("--skip-shortcut", action="store_true", help="sparse-train and prune without residual groups")
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--finetune-hyp", default="data/hyps/hyp.small.yaml", help="hyp of fine-tuning")
@@ -161,8 +162,9 @@ class SlimPipeline(Pipeline):
         rec = self.stage("prune.py", prune.main, [
             "--weights", weights, "--method", o.method, *cut, *(["--skip-shortcut"] if o.skip_shortcut else []),
             *(["--round", str(o.round)] if o.round > 1 else []),
-            *(["--allocation", o.allocation] if o.allocation != "global" else []), *self.common(), "--project",
-            str(self.dir), "--name", "prune"])
+            *(["--allocation", o.allocation] if o.allocation != "global" else []),
+            *(["--max-layer-percent", f"{o.max_layer_percent:g}"] if o.max_layer_percent < 1 else []),
+            *self.common(), "--project", str(self.dir), "--name", "prune"])
         return str(Path(rec["save_dir"]) / "pruned.pt")
 
     def summarise(self, labels: list[str], records: list[dict]) -> dict:

@@ -12,6 +12,7 @@ from conftest import ROOT, make_dataset, shared_path
 from helpers import read_csv
 from utils.errors import UserError
 from utils.files import yaml_load
+from utils.pruning.selection import kept_width
 
 TINY = ["--imgsz", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
 
@@ -43,10 +44,11 @@ def test_pipeline_runs_every_stage_and_summarises(tmp_path):
     assert float(read_csv(run_dir / "sparse" / "results.csv")[0]["train/kd_loss"]) > 0
 
 
-@pytest.mark.parametrize("recipe,method,allocation", [("l1", "l1", None), ("taylor", "taylor", "uniform")])
-def test_recipe_prunes_a_given_base_to_its_gflops_target(tmp_path, recipe, method, allocation):
+@pytest.mark.parametrize("recipe,method,cap", [("l1", "l1", None), ("taylor", "taylor", "0.75")])
+def test_recipe_prunes_a_given_base_to_its_gflops_target(tmp_path, recipe, method, cap):
     """The l1 and taylor recipes on a trained base: no base or sparse stage, prune.py --method m --flops-target 0.5
-    (taylor: --allocation uniform), and the fine-tuned model has about half the base's GFLOPs."""
+    (taylor: --max-layer-percent 0.75, and every layer keeps a quarter), and the fine-tuned model has about half the
+    base's GFLOPs."""
     data = make_dataset(tmp_path / "data", n=8, nc=6, size=(64, 80))  # the fixture's 6 classes
     base = shared_path("fixtures", "upstream-yolov5n-shapes.pt")
     out = slim.main(["--recipe", recipe, "--weights", str(base), "--data", str(data), *TINY, "--finetune-epochs", "1",
@@ -59,7 +61,11 @@ def test_recipe_prunes_a_given_base_to_its_gflops_target(tmp_path, recipe, metho
     cut = commands[0].split()
     assert cut[cut.index("--method") + 1] == method and cut[cut.index("--flops-target") + 1] == "0.5"
     assert "--percent" not in cut
-    assert (cut[cut.index("--allocation") + 1] if "--allocation" in cut else None) == allocation
+    assert (cut[cut.index("--max-layer-percent") + 1] if "--max-layer-percent" in cut else None) == cap
+    assert "--allocation" not in cut  # both rank globally
+    if cap:
+        report = json.loads((tmp_path / "runs" / "exp" / "prune" / "report.json").read_text())
+        assert all(x["kept"] >= kept_width(x["channels"], float(cap)) for x in report["layers"])
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "data" / "recipes").glob("*.yaml")))
