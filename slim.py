@@ -107,7 +107,19 @@ def check_opt(opt: argparse.Namespace) -> argparse.Namespace:
     if not (opt.weights or opt.pretrained or opt.cfg):
         raise UserError(f"recipe {opt.recipe} needs a base: --pretrained (weights to fine-tune, e.g. yolov5n.pt), "
                         "--weights (a trained base) or --cfg (a model yaml to train from scratch)")
-    return opt
+    if opt.method not in prune.METHODS:
+        raise UserError(f"--method {opt.method}: no such prune.py method (known: {', '.join(prune.METHODS)})")
+    prune.settings_from(prune.parse_opt(["--weights", "base.pt", *cut_flags(opt), "--data", opt.data]))  # before
+    return opt  # the base trains for hours: prune.py's one-line reason for cut flags it cannot honour comes now
+
+
+def cut_flags(o: argparse.Namespace) -> list[str]:
+    """prune.py's flags for the cut: the method, how much, and how it is allocated."""
+    cut = ["--flops-target", f"{o.flops_target:g}"] if o.flops_target else ["--percent", f"{o.percent}"]
+    return ["--method", o.method, *cut, *(["--skip-shortcut"] if o.skip_shortcut else []),
+            *(["--round", str(o.round)] if o.round > 1 else []),
+            *(["--allocation", o.allocation] if o.allocation != "global" else []),
+            *(["--max-layer-percent", f"{o.max_layer_percent:g}"] if o.max_layer_percent < 1 else [])]
 
 
 class SlimPipeline(Pipeline):
@@ -157,14 +169,8 @@ class SlimPipeline(Pipeline):
             "--name", "sparse"], epochs=o.sparse_epochs)["last"]
 
     def prune(self, weights: str) -> str:
-        o = self.opt
-        cut = ["--flops-target", f"{o.flops_target:g}"] if o.flops_target else ["--percent", f"{o.percent}"]
         rec = self.stage("prune.py", prune.main, [
-            "--weights", weights, "--method", o.method, *cut, *(["--skip-shortcut"] if o.skip_shortcut else []),
-            *(["--round", str(o.round)] if o.round > 1 else []),
-            *(["--allocation", o.allocation] if o.allocation != "global" else []),
-            *(["--max-layer-percent", f"{o.max_layer_percent:g}"] if o.max_layer_percent < 1 else []),
-            *self.common(), "--project", str(self.dir), "--name", "prune"])
+            "--weights", weights, *cut_flags(self.opt), *self.common(), "--project", str(self.dir), "--name", "prune"])
         return str(Path(rec["save_dir"]) / "pruned.pt")
 
     def summarise(self, labels: list[str], records: list[dict]) -> dict:

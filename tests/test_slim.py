@@ -85,6 +85,13 @@ def test_recipe_mistakes_are_one_line(tmp_path):
         slim.parse_opt(["--recipe", "l1"])
     with pytest.raises(UserError, match="recipe l1 needs a base: --pretrained"):
         slim.parse_opt(["--recipe", "l1", "--data", "d.yaml"])
+    base = ["--recipe", "taylor", "--data", "d.yaml", "--pretrained", "w.pt"]  # cut flags prune.py would refuse
+    with pytest.raises(UserError, match="--method nope: no such prune.py method"):  # stop before the base trains
+        slim.parse_opt([*base, "--method", "nope"])
+    with pytest.raises(UserError, match="--max-layer-percent caps the global ranking"):
+        slim.parse_opt([*base, "--allocation", "uniform"])  # the recipe's cap with a uniform cut
+    with pytest.raises(UserError, match="--max-layer-percent 0.75 applies to the ranked methods"):
+        slim.parse_opt([*base, "--method", "eagleeye"])
     f = tmp_path / "mine.yaml"
     f.write_text("data: d.yaml\ncfg: yolov5n.yaml\nsparse-epochs: 3\nfinetune_epochs: 2\n")
     with pytest.raises(UserError, match="unknown setting sparse-epochs"):
