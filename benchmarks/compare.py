@@ -37,6 +37,8 @@ The defaults are the protocol:
 Every stage is one of the repo's scripts, called through its main(argv) and listed, runnable, in commands.sh. A
 finished stage writes stage.json in its folder and a rerun skips it; an interrupted training stage continues from its
 last.pt; a stage folder that was run with other arguments stops the run with one line (use another --name).
+--base-from DIR starts a run from DIR's finished base (same base arguments), e.g. to run --methods in parallel
+processes, one --name each.
 Outputs in <project>/<name>/: results.json, results.md, pareto.png, base.png, commands.sh and one folder per stage.
 """
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -107,6 +110,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help="slim, l1, taylor rows (the global ranking): prune.py --max-layer-percent")
     p.add_argument("--dense-cfg", default="yolov5n.yaml", help="dense: the model yaml whose width_multiple is chosen")
     p.add_argument("--latency-runs", type=int, default=60, help="batch-1 runs per model and runtime")
+    p.add_argument("--base-from", default="",
+                   help="a compare.py folder whose finished base this run adopts (copied in, its arguments checked): "
+                        "run methods in parallel processes under different --name")
     p.add_argument("--ft-seeds", type=int, nargs="*", default=[],
                    help="fine-tune every cut (and base-ft) again with each of these seeds: mean and spread per row")
     add_run_args(p, ROOT / "runs/compare", reuse=True)  # caching needs the same folder every time
@@ -192,12 +198,28 @@ class Compare(Pipeline):
 
     def run_base(self) -> None:
         o = self.opt
+        if o.base_from:
+            self.copy_base(Path(o.base_from))
         rec = self.stage("train.py", train.main, [
             "--weights", o.weights, *self.train_args(o.base_epochs), "--patience", str(o.base_patience),
             "--project", str(self.dir), "--name", "base", *self.run_args()], epochs=o.base_epochs)
         self.base = rec["weights"]
         self.n_base = epochs_run(self.dir / "base")  # results.json counts only a resumed run's last leg
         self.plan.update({k: v for k, v in self.stages_of("dense", o.gflops).items() if k in self.plan})
+
+    def copy_base(self, src: Path) -> None:
+        """--base-from: copy src's finished base run here, without its stage.json, so the base stage adopts it (a
+        finished run whose opt.yaml matches this run's base arguments) or stops with one line where they differ."""
+        dst = self.dir / "base"
+        if dst.exists() or src.resolve() == self.dir.resolve():
+            return  # already copied (or this run's own)
+        if not (src / "base" / "results.json").is_file():
+            raise UserError(f"--base-from {src}: no finished base there ({src / 'base' / 'results.json'} is missing)")
+        part = dst.with_name("base.partial")  # renamed when complete: an interrupted copy is never taken for a run
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(src / "base", part, ignore=shutil.ignore_patterns("stage.json"))
+        part.rename(dst)
+        LOGGER.info(f"{PREFIX}copied the base of {src} (--base-from)")
 
     def cut(self, method: str, g: float) -> tuple[str, dict[str, str]]:
         """The pruned.pt of `method` at share g, and the stages that made it ({step: stage name})."""

@@ -131,6 +131,26 @@ def test_other_arguments_of_a_finished_stage_stop_with_one_line(bench, capsys):
     assert {f: f.stat().st_mtime_ns for f in d.rglob("stage.json")} == stamps
 
 
+@pytest.mark.slow
+def test_base_from_adopts_another_runs_base(bench, log_lines, capsys):
+    """--base-from: a run under another --name starts from the first run's finished base (copied, not retrained; its
+    paths its own); one whose base arguments differ, or a folder without a finished base, stops with one line."""
+    rows, d, argv = bench
+    new = d.parent / "t2"
+    again = compare.main([*argv, "--name", "t2", "--base-from", str(d), "--methods", "l1", "--curve"])  # no curve
+    assert any("adopting the finished run" in x for x in log_lines)
+    assert sum("Starting training" in x for x in log_lines) == 1  # l1's fine-tuning only
+    assert again[0]["weights"] == str(new / "base" / "weights" / "best.pt") and Path(again[0]["weights"]).is_file()
+    assert again[0]["mAP50-95"] == rows[0]["mAP50-95"] and not (new / "base.partial").exists()
+    for name, src, extra, needle in (("t3", d, ["--base-epochs", "3"], "holds a training run with --epochs 2, not '3'"),
+                                     ("t4", d.parent / "nope", [], "nope: no finished base there")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            compare.main([*argv, "--name", name, "--base-from", str(src), "--methods", "l1", *extra])
+        err = [x for x in capsys.readouterr().err.splitlines() if x]
+        assert e.value.code == 1 and len(err) == 1 and needle in err[0], err
+
+
 def test_tp_pruned_model_is_a_normal_checkpoint(tmp_path, one_thread):
     """Torch-Pruning's cut lands at the GFLOPs target, rebuilds from its yaml, evaluates in val.py and exports to an
     ONNX file whose ONNX Runtime output matches PyTorch's."""
