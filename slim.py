@@ -109,8 +109,9 @@ def check_opt(opt: argparse.Namespace) -> argparse.Namespace:
                         "--weights (a trained base) or --cfg (a model yaml to train from scratch)")
     if opt.method not in prune.METHODS:
         raise UserError(f"--method {opt.method}: no such prune.py method (known: {', '.join(prune.METHODS)})")
-    prune.settings_from(prune.parse_opt(["--weights", "base.pt", *cut_flags(opt), "--data", opt.data]))  # before
-    return opt  # the base trains for hours: prune.py's one-line reason for cut flags it cannot honour comes now
+    # the base trains for hours before the cut: prune.py's one line on cut flags it would refuse comes now instead
+    prune.settings_from(prune.parse_opt(["--weights", "base.pt", *cut_flags(opt), "--data", opt.data]))
+    return opt
 
 
 def cut_flags(o: argparse.Namespace) -> list[str]:
